@@ -1,0 +1,125 @@
+"""Apply RoCoFT to a model, calibrate selection scores, count and merge."""
+
+from __future__ import annotations
+
+
+import torch
+from torch import nn
+
+from .config import RoCoFTConfig
+from .layer import RoCoFTLinear
+from .selection import SCORED, select_indices, wanda_scores
+from .targets import default_targets, name_matches
+
+
+def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+
+
+def find_targets(model: nn.Module, config: RoCoFTConfig) -> list[str]:
+    """Names of the ``nn.Linear`` layers RoCoFT adapts (never those trained fully as heads)."""
+    patterns = config.target_modules
+    if patterns is None:
+        patterns = default_targets(getattr(getattr(model, "config", None), "model_type", None))
+    names = [n for n, m in model.named_modules()
+             if isinstance(m, nn.Linear) and name_matches(n, patterns)
+             and not name_matches(n, config.trainable_modules)]
+    if not names:
+        raise ValueError(f"RoCoFT target patterns {patterns} matched no nn.Linear layer of "
+                         f"{type(model).__name__}")
+    return names
+
+
+@torch.no_grad()
+def calibrate_input_norms(model: nn.Module, layer_names: list[str], batches) -> dict[str, torch.Tensor]:
+    """l2 norm over all calibration tokens of each input feature of each named layer.
+
+    Forward pre-hooks capture each layer's *real* input during ordinary forward passes of the
+    whole model over ``batches`` (dicts of model inputs), so attention, norms and residuals
+    are all accounted for. Padding tokens are included as the model sees them.
+    """
+    sq = {}
+    hooks = []
+
+    def make_hook(name):
+        def hook(_module, args):
+            x = args[0].detach().double()
+            sq[name] = sq.get(name, 0) + x.reshape(-1, x.shape[-1]).pow(2).sum(0)
+        return hook
+
+    for name in layer_names:
+        hooks.append(model.get_submodule(name).register_forward_pre_hook(make_hook(name)))
+    try:
+        was_training = model.training
+        model.eval()
+        for batch in batches:
+            model(**batch)
+        model.train(was_training)
+    finally:
+        for h in hooks:
+            h.remove()
+    missing = [n for n in layer_names if n not in sq]
+    if missing:
+        raise RuntimeError(f"Calibration never reached layers {missing[:3]}...")
+    return {n: v.sqrt() for n, v in sq.items()}
+
+
+def apply_rocoft(model: nn.Module, config: RoCoFTConfig, calibration_batches=None) -> nn.Module:
+    """Freeze ``model`` and replace its targeted linears by :class:`RoCoFTLinear`, in place.
+
+    Trains: the selected slices, biases per ``config.bias``, and ``config.trainable_modules``
+    fully. ``calibration_batches`` (an iterable of model-input dicts) is required by the
+    Wanda-score selections ``max``/``min``/``mixed``.
+    """
+    names = find_targets(model, config)
+    norms = None
+    if config.selection in SCORED:
+        if calibration_batches is None:
+            raise ValueError(f"Selection {config.selection!r} needs calibration_batches")
+        norms = calibrate_input_norms(model, names, calibration_batches)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    generator = torch.Generator().manual_seed(config.seed)
+    master = getattr(torch, config.master_dtype) if config.master_dtype else None
+    for name in names:
+        layer = model.get_submodule(name)
+        dim = 0 if config.axis == "row" else 1
+        size = layer.weight.shape[dim]
+        if config.rank > size:
+            raise ValueError(f"RoCoFT rank {config.rank} exceeds the {config.axis} count {size} of {name}")
+        scores = wanda_scores(layer.weight, norms[name], config.axis) if norms is not None else None
+        index = select_indices(size, config.rank, config.selection, generator=generator, scores=scores)
+        _set_module(model, name, RoCoFTLinear(layer, config.axis, index, master_dtype=master))
+        if config.bias == "targeted" and layer.bias is not None:
+            layer.bias.requires_grad_(True)
+    if config.bias == "all":
+        for n, p in model.named_parameters():
+            if n.endswith("bias"):
+                p.requires_grad_(True)
+    for n, m in model.named_modules():
+        if config.trainable_modules and name_matches(n, config.trainable_modules):
+            for p in m.parameters():
+                p.requires_grad_(True)
+    return model
+
+
+def rocoft_layers(model: nn.Module):
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, RoCoFTLinear)]
+
+
+def merge_rocoft(model: nn.Module) -> nn.Module:
+    """Replace every RoCoFTLinear by its base nn.Linear holding the fine-tuned weight."""
+    for name, layer in rocoft_layers(model):
+        _set_module(model, name, layer.merge())
+    return model
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    """Trainable and total parameter counts; a RoCoFT slice counts once (it lives inside its weight)."""
+    slice_ids = {id(m.rocoft_weight) for _, m in rocoft_layers(model)}
+    total = sum(p.numel() for p in model.parameters() if id(p) not in slice_ids)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"trainable": trainable, "total": total}
+
+

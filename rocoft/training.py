@@ -1,0 +1,212 @@
+"""The training loop behind ``train.py``: compose -> build -> fit -> evaluate -> write results.
+
+Accelerate handles the device, mixed precision, gradient accumulation and multi-process
+(``accelerate launch train.py ...``) runs; the same code runs on CPU, one GPU or several.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from itertools import islice
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from .errors import UserError
+from .methods import apply_method, parameter_report
+from .models import build_model, load_tokenizer
+from .sampling import LengthGroupedBatchSampler, example_lengths, sorted_by_length
+from .tasks import build_task
+from .utils import JsonlLog, atomic_write_json, atomic_write_text, git_info, package_versions, peak_memory
+
+
+def build_accelerator(cfg) -> Accelerator:
+    device, precision = cfg.device, cfg.train.mixed_precision
+    cuda = torch.cuda.is_available()
+    if device == "cuda" and not cuda:
+        raise UserError("device=cuda was requested but no CUDA GPU is visible; use device=cpu or device=auto.")
+    if precision == "auto":
+        precision = "bf16" if cuda and device != "cpu" and torch.cuda.is_bf16_supported() else "no"
+    if precision == "fp16" and (not cuda or device == "cpu"):
+        raise UserError("train.mixed_precision=fp16 needs a CUDA GPU; use no (or bf16) on CPU.")
+    if precision == "bf16" and cuda and device != "cpu" and not torch.cuda.is_bf16_supported():
+        raise UserError("This GPU does not support bf16; use train.mixed_precision=fp16 or no.")
+    return Accelerator(cpu=device == "cpu", mixed_precision=precision,
+                       gradient_accumulation_steps=cfg.train.gradient_accumulation_steps)
+
+
+def no_decay(name: str, param: torch.Tensor) -> bool:
+    """Biases and 1-D norm weights get no weight decay (the usual transformers convention)."""
+    return param.ndim < 2 or name.endswith("bias")
+
+
+def build_optimizer(model, train_cfg) -> torch.optim.Optimizer:
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not params:
+        raise UserError("The method left no trainable parameter in the model.")
+    groups = [
+        {"params": [p for n, p in params if not no_decay(n, p)], "weight_decay": train_cfg.weight_decay},
+        {"params": [p for n, p in params if no_decay(n, p)], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=train_cfg.lr,
+                             betas=tuple(train_cfg.adam_betas), eps=train_cfg.adam_eps)
+
+
+@torch.no_grad()
+def evaluate(model, loader, task, accelerator, desc: str) -> dict[str, float]:
+    """Run ``task.predict_step`` over ``loader`` on every process and score the gathered outputs."""
+    was_training = model.training
+    model.eval()
+    outputs = defaultdict(list)
+    for batch in tqdm(loader, desc=desc, leave=False, disable=not accelerator.is_local_main_process):
+        for k, v in accelerator.gather_for_metrics(task.predict_step(model, batch)).items():
+            outputs[k].append(v.cpu())
+    model.train(was_training)
+    return task.compute_metrics({k: torch.cat(v) for k, v in outputs.items()})
+
+
+def check_output_dir(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write_test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"Cannot write to output_dir={run_dir} ({e.strerror}); "
+                        f"choose another with output_dir=... or results_dir=...") from None
+
+
+def run(cfg) -> dict:
+    """Train and evaluate one configuration; returns the metrics written to ``metrics.json``."""
+    start = time.time()
+    accelerator = build_accelerator(cfg)
+    main = accelerator.is_main_process
+    run_dir = Path(cfg.output_dir)
+    if main:
+        check_output_dir(run_dir)
+        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    tcfg, dcfg = cfg.train, cfg.data
+
+    # ---- data
+    task = build_task(cfg.task)
+    tokenizer = load_tokenizer(cfg.model)
+    raw = task.splits(dcfg.max_train_samples, dcfg.max_eval_samples)
+    data = {split: task.encode(df, tokenizer, dcfg.max_length) for split, df in raw.items()}
+    if len(data["train"]) < tcfg.batch_size * accelerator.num_processes:
+        raise UserError(f"The train split has {len(data['train'])} examples, fewer than one batch "
+                        f"({tcfg.batch_size} x {accelerator.num_processes} processes); lower train.batch_size.")
+    collate = task.collate(tokenizer)
+    if tcfg.group_by_length:
+        sampler = LengthGroupedBatchSampler(example_lengths(data["train"]), tcfg.batch_size, cfg.seed)
+        train_loader = DataLoader(data["train"], batch_sampler=sampler, collate_fn=collate)
+    else:
+        train_loader = DataLoader(data["train"], batch_size=tcfg.batch_size, shuffle=True, collate_fn=collate,
+                                  generator=torch.Generator().manual_seed(cfg.seed))
+    eval_loaders = {s: DataLoader(data[s], batch_size=tcfg.eval_batch_size, collate_fn=collate,
+                                  sampler=sorted_by_length(example_lengths(data[s])))
+                    for s in ("validation", "test") if s in data}
+
+    # ---- model + method (seed fixes new heads' init and the rows/columns chosen)
+    set_seed(cfg.seed)
+    model = build_model(cfg.model, task.kind, task.num_labels, tokenizer)
+    calib = DataLoader(data["train"], batch_size=tcfg.batch_size, collate_fn=collate)
+    model = apply_method(model, cfg.method, cfg.model, task.kind, cfg.seed,
+                         calibration_batches=(b for b in islice(calib, cfg.method.get("calibration_batches", 0))))
+    if tcfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    params = parameter_report(model, cfg.model, task.kind)
+
+    optimizer = build_optimizer(model, tcfg)
+    model, optimizer, train_loader, *loaders = accelerator.prepare(model, optimizer, train_loader,
+                                                                   *eval_loaders.values())
+    eval_loaders = dict(zip(eval_loaders, loaders))
+    steps_per_epoch = math.ceil(len(train_loader) / tcfg.gradient_accumulation_steps)
+    total_steps = tcfg.max_steps if tcfg.max_steps and tcfg.max_steps > 0 else steps_per_epoch * tcfg.epochs
+    warmup = tcfg.warmup_steps if tcfg.warmup_steps is not None else int(tcfg.warmup_ratio * total_steps)
+    scheduler = get_scheduler(tcfg.scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+
+    # ---- train
+    log = JsonlLog(run_dir / "log.jsonl", enabled=main)
+    eval_every = tcfg.eval_every or steps_per_epoch
+    history, step, window = [], 0, []
+    bar = tqdm(total=total_steps, desc=f"train {cfg.method.tag}", disable=not accelerator.is_local_main_process)
+    model.train()
+    train_start = time.time()
+    while step < total_steps:
+        for batch in train_loader:
+            with accelerator.accumulate(model):
+                loss = model(**batch).loss
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and tcfg.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), tcfg.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            window.append(loss.detach())
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            step += 1
+            step_loss = accelerator.reduce(torch.stack(window).mean(), reduction="mean").item()
+            window = []
+            if not math.isfinite(step_loss):
+                raise UserError(f"Training diverged: loss is {step_loss} at step {step}; lower train.lr "
+                                f"(now {tcfg.lr}).")
+            lr = scheduler.get_last_lr()[0]
+            if step % tcfg.log_every == 0 or step == total_steps:
+                log.write(step=step, epoch=round(step / steps_per_epoch, 4), loss=step_loss, lr=lr)
+            bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
+            bar.update(1)
+            if "validation" in eval_loaders and step % eval_every == 0 and step < total_steps:
+                result = evaluate(model, eval_loaders["validation"], task, accelerator, "validation")
+                log.write(step=step, split="validation", **result)
+                history.append({"step": step, **result})
+            if step >= total_steps:
+                break
+    bar.close()
+    train_time = time.time() - train_start
+
+    # ---- final evaluation and results
+    final = {s: evaluate(model, loader, task, accelerator, s) for s, loader in eval_loaders.items()}
+    for split, result in final.items():
+        log.write(step=step, split=split, **result)
+    log.close()
+    metrics = {
+        "model": cfg.model.name, "task": cfg.task.name, "method": cfg.method.name,
+        "rank": cfg.method.get("rank"), "seed": cfg.seed, "main_metric": task.main_metric,
+        **{split: result for split, result in final.items()},
+        "validation_history": history,
+        "params": params,
+        "steps": step, "train_examples": len(data["train"]),
+        "wall_time_s": time.time() - start, "train_time_s": train_time,
+        **peak_memory(accelerator.device),
+        "device": str(accelerator.device), "num_processes": accelerator.num_processes,
+        "mixed_precision": accelerator.mixed_precision,
+        "git": git_info(), "versions": package_versions(),
+    }
+    if main:
+        atomic_write_json(run_dir / "metrics.json", metrics)
+        print_summary(metrics, run_dir)
+    accelerator.wait_for_everyone()
+    return metrics
+
+
+def print_summary(metrics: dict, run_dir: Path) -> None:
+    p = metrics["params"]
+    print(f"\n{metrics['model']} / {metrics['task']} / {metrics['method']}"
+          f"{'' if metrics['rank'] is None else ' r=' + str(metrics['rank'])} / seed {metrics['seed']}")
+    for split in ("validation", "test"):
+        if split in metrics:
+            print(f"  {split:<10} " + "  ".join(f"{k} {v:.4f}" for k, v in metrics[split].items()))
+    print(f"  trainable  {p['trainable']:,} of {p['total']:,} ({p['trainable_percent']:.3f}%), "
+          f"{p['trainable_without_head']:,} without the task head")
+    print(f"  time       {metrics['wall_time_s']:.1f} s wall ({metrics['train_time_s']:.1f} s training), "
+          f"peak memory {metrics['peak_memory_mb']:.0f} MB ({metrics['peak_memory_kind']})")
+    print(f"  results    {run_dir}")
