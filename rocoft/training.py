@@ -13,6 +13,7 @@ from itertools import islice
 from pathlib import Path
 
 import torch
+import transformers
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from omegaconf import OmegaConf
@@ -87,6 +88,8 @@ def check_output_dir(run_dir: Path) -> None:
 def run(cfg) -> dict:
     """Train and evaluate one configuration; returns the metrics written to ``metrics.json``."""
     start = time.time()
+    transformers.logging.set_verbosity_error()  # the load report of a new task head is expected
+    transformers.utils.logging.disable_progress_bar()
     accelerator = build_accelerator(cfg)
     main = accelerator.is_main_process
     run_dir = Path(cfg.output_dir)

@@ -1,0 +1,80 @@
+"""Every option of every config group composes, resolves and carries the schema the code needs."""
+
+import subprocess
+import sys
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import CONF, ROOT, compose_config
+
+
+def options(group):
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def test_groups_have_the_required_options():
+    assert {"minilm_l6", "tiny_encoder", "tiny_decoder"} <= set(options("model"))
+    assert {"rotten_tomatoes", "imdb"} <= set(options("task"))
+    assert {"rocoft_row", "rocoft_col", "full_ft"} <= set(options("method"))
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in ("model", "task", "method") for o in options(g)])
+def test_every_option_composes_and_resolves(group, option):
+    cfg = compose_config([f"{group}={option}", "rank=2", "seed=5"])
+    plain = OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+    assert plain[group]["name"] == option
+    assert str(plain["output_dir"]).endswith("seed5")
+    if group == "model":
+        assert plain["model"]["source"] in ("hub", "package", "random")
+        assert plain["model"]["family"] and plain["model"]["target_modules"]
+        assert plain["model"]["dtype"] in ("float32", "bfloat16", "float16")
+    if group == "task":
+        assert plain["task"]["kind"] in ("classification", "causal_lm")
+        assert plain["task"]["split"]["seed"] is not None
+    if group == "method":
+        assert plain["method"]["kind"] in ("rocoft", "full")
+        assert plain["train"]["lr"] == plain["method"]["lr"]
+        if plain["method"]["kind"] == "rocoft":
+            assert plain["method"]["rank"] == 2 and "_r2" in plain["output_dir"]
+
+
+def test_top_level_keys_a_user_expects():
+    cfg = compose_config()
+    for key in ("rank", "seed", "output_dir", "device"):
+        assert key in cfg
+    for key in ("lr", "epochs", "max_steps", "batch_size", "gradient_accumulation_steps", "warmup_steps",
+                "scheduler", "weight_decay", "mixed_precision"):
+        assert key in cfg.train
+    for key in ("max_train_samples", "max_eval_samples", "max_length"):
+        assert key in cfg.data
+    assert cfg.model.name == "minilm_l6" and cfg.task.name == "rotten_tomatoes"
+    assert cfg.method.name == "rocoft_row" and cfg.rank == 3
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_headline_model_and_method_compose_from_the_cli():
+    out = cli("model=llama2_7b", "method=rocoft_row", "rank=3", "--cfg", "job")
+    assert out.returncode == 0, out.stderr
+    cfg = OmegaConf.create(out.stdout)
+    assert cfg.model.hub_id == "meta-llama/Llama-2-7b-hf" and cfg.method.rank == 3
+
+
+def test_headline_command_composes_or_names_the_missing_option():
+    out = cli("model=llama2_7b", "task=gsm8k", "method=rocoft_row", "rank=3", "--cfg", "job")
+    if (CONF / "task" / "gsm8k.yaml").exists():
+        assert out.returncode == 0, out.stderr
+    else:
+        assert out.returncode != 0
+        assert "Could not find 'task/gsm8k'" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_unknown_method_is_a_clear_hydra_message():
+    out = cli("method=no_such_method", "--cfg", "job")
+    assert out.returncode != 0
+    assert "Could not find 'method/no_such_method'" in out.stderr and "rocoft_row" in out.stderr
+    assert "Traceback" not in out.stderr

@@ -1,0 +1,94 @@
+"""Task data: the seeded splits, local-file overrides and clear errors for bad data."""
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import compose_config
+from rocoft.errors import UserError
+from rocoft.metrics import classification_metrics
+from rocoft.models import load_tokenizer
+from rocoft.sampling import LengthGroupedBatchSampler
+from rocoft.tasks import build_task
+from rocoft.tasks.data import load_splits
+
+
+@pytest.mark.parametrize("task,n_train", [("rotten_tomatoes", 8530 - 2000), ("imdb", 25000 - 96 - 2000)])
+def test_packaged_split_is_stratified_disjoint_and_fixed(task, n_train):
+    cfg = compose_config([f"task={task}"]).task
+    splits = load_splits(cfg)
+    assert {k: len(v) for k, v in splits.items()} == {"train": n_train, "validation": 1000, "test": 1000}
+    texts = {k: set(v.text) for k, v in splits.items()}
+    assert not (texts["train"] & texts["test"]) and not (texts["train"] & texts["validation"])
+    assert not (texts["validation"] & texts["test"])
+    pool = pd.concat(splits.values()).label.mean()
+    for df in splits.values():  # stratified: each split's class balance is the pool's, to one example
+        assert abs(df.label.mean() - pool) <= 1 / len(df)
+    again = load_splits(compose_config([f"task={task}", "seed=7"]).task)  # the run seed does not move it
+    assert all(again[k].text.tolist() == splits[k].text.tolist() for k in splits)
+
+
+def write_csv(path, rows):
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return str(path)
+
+
+def test_data_files_override_and_carving(tmp_path):
+    rows = [{"text": f"review number {i}", "label": i % 2} for i in range(40)]
+    train = write_csv(tmp_path / "train.csv", rows)
+    test = write_csv(tmp_path / "test.csv", rows[:6])
+    cfg = compose_config(["task=rotten_tomatoes", f"+task.data_files.train={train}",
+                          f"+task.data_files.test={test}", "task.split.validation=10"]).task
+    splits = load_splits(cfg)
+    assert len(splits["test"]) == 6 and len(splits["validation"]) == 10 and len(splits["train"]) == 30
+    assert splits["validation"].label.sum() == 5
+
+
+def test_missing_column_and_bad_labels_are_clear(tmp_path):
+    tok = load_tokenizer(compose_config(["model=tiny_encoder"]).model)
+    task = build_task(compose_config().task)
+    with pytest.raises(UserError, match="lacks column"):
+        task.encode(pd.DataFrame({"sentence": ["a"], "label": [0]}), tok, 16)
+    with pytest.raises(UserError, match="outside the label set"):
+        task.encode(pd.DataFrame({"text": ["a", "b"], "label": [0, 2]}), tok, 16)
+    with pytest.raises(UserError, match="must be integers"):
+        task.encode(pd.DataFrame({"text": ["a"], "label": ["good"]}), tok, 16)
+
+
+def test_missing_data_file_is_clear(tmp_path):
+    cfg = compose_config([f"+task.data_files.train={tmp_path / 'nope.csv'}"]).task
+    with pytest.raises(UserError, match="does not exist"):
+        load_splits(cfg)
+
+
+def test_offline_hub_dataset_without_files_names_the_dataset_and_the_fix():
+    cfg = compose_config(["task.dataset.source=hub"]).task
+    with pytest.raises(UserError) as err:
+        load_splits(cfg)
+    msg = str(err.value)
+    assert "cornell-movie-review-data/rotten_tomatoes" in msg and "task.data_files.train=" in msg
+    assert "text" in msg and "label" in msg
+
+
+def test_length_grouped_sampler_covers_every_example_once_and_is_seeded():
+    lengths = [(i * 37) % 50 + 1 for i in range(203)]
+    s = LengthGroupedBatchSampler(lengths, batch_size=8, seed=3, mega_batches=4)
+    epoch0 = list(s)
+    flat = sorted(i for b in epoch0 for i in b)
+    assert flat == list(range(203)) and len(epoch0) == len(s) == 26
+    assert list(LengthGroupedBatchSampler(lengths, 8, seed=3, mega_batches=4)) == epoch0
+    assert list(s) != epoch0  # the next epoch reshuffles
+    def spread(batches):
+        return sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
+
+    perm = torch.randperm(203, generator=torch.Generator().manual_seed(0)).tolist()
+    random_batches = [perm[i:i + 8] for i in range(0, 203, 8)]
+    assert spread(epoch0) < 0.5 * spread(random_batches)
+
+
+def test_classification_metrics_against_hand_computed_values():
+    # preds 1 0 1 1 0 ; labels 1 0 0 1 1 -> TP=2 FP=1 FN=1 TN=1
+    m = classification_metrics([1, 0, 1, 1, 0], [1, 0, 0, 1, 1], ("accuracy", "f1", "matthews_corr"))
+    assert m["accuracy"] == pytest.approx(3 / 5)
+    assert m["f1"] == pytest.approx(2 * 2 / (2 * 2 + 1 + 1))
+    assert m["matthews_corr"] == pytest.approx((2 * 1 - 1 * 1) / (3 * 3 * 2 * 2) ** 0.5)
