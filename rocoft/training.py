@@ -40,7 +40,8 @@ def build_accelerator(cfg) -> Accelerator:
         raise UserError("train.mixed_precision=fp16 needs a CUDA GPU; use no (or bf16) on CPU.")
     if precision == "bf16" and cuda and device != "cpu" and not torch.cuda.is_bf16_supported():
         raise UserError("This GPU does not support bf16; use train.mixed_precision=fp16 or no.")
-    return Accelerator(cpu=device == "cpu", mixed_precision=precision,
+    # cpu=True whenever no GPU is used: Accelerate then runs multi-process CPU jobs (torchrun) over gloo
+    return Accelerator(cpu=device == "cpu" or not cuda, mixed_precision=precision,
                        gradient_accumulation_steps=cfg.train.gradient_accumulation_steps)
 
 

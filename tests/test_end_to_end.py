@@ -126,3 +126,15 @@ def test_seed_controls_random_rows_and_head_init():
     rows1, head1 = build(1)
     assert rows0 == rows0b and torch.equal(head0, head0b)
     assert rows0 != rows1 and not torch.equal(head0, head1)
+
+
+def test_two_process_cpu_run_under_torchrun(tmp_path):
+    """The same train.py runs data-parallel (gloo on CPU); metrics gather every example once."""
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "train.py",
+                          *small_run_overrides(tmp_path, steps=2, evals=50), "model=tiny_encoder"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    metrics = json.loads((tmp_path / "rotten_tomatoes" / "tiny_encoder" / "rocoft_row_r3" / "seed0"
+                          / "metrics.json").read_text())
+    assert metrics["num_processes"] == 2 and metrics["steps"] == 2
+    assert round(metrics["test"]["accuracy"] * 50, 6).is_integer()  # k/50: each test example counted once
