@@ -94,6 +94,8 @@ def test_tiny_decoder_runs_causal_lm_steps(tmp_path):
 
 
 @pytest.mark.parametrize("extra", [["method=full_ft"], ["method=rocoft_col", "rank=1"],
+                                   ["train.gradient_accumulation_steps=2", "train.mixed_precision=bf16"],
+                                   ["train.gradient_checkpointing=true", "method.selection=mixed"],
                                    ["model=tiny_decoder"], ["task=imdb", "data.max_length=32"]])
 def test_tiny_runs_for_each_group_option(tmp_path, extra):
     model = [] if any(e.startswith("model=") for e in extra) else ["model=tiny_encoder"]
