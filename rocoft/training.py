@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 import transformers
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import set_seed
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
@@ -40,6 +41,11 @@ def build_accelerator(cfg) -> Accelerator:
         raise UserError("train.mixed_precision=fp16 needs a CUDA GPU; use no (or bf16) on CPU.")
     if precision == "bf16" and cuda and device != "cpu" and not torch.cuda.is_bf16_supported():
         raise UserError("This GPU does not support bf16; use train.mixed_precision=fp16 or no.")
+    # Several runs in one process (Hydra's local multirun, tests) each get a fresh Accelerate state;
+    # a distributed process keeps its process group.
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    AcceleratorState._reset_state(reset_partial_state=not distributed)
+    GradientState._reset_state()
     # cpu=True whenever no GPU is used: Accelerate then runs multi-process CPU jobs (torchrun) over gloo
     return Accelerator(cpu=device == "cpu" or not cuda, mixed_precision=precision,
                        gradient_accumulation_steps=cfg.train.gradient_accumulation_steps)
