@@ -30,11 +30,11 @@ def apply_method(model: nn.Module, method_cfg, model_cfg, kind: str, seed: int,
         targets = method_cfg.get("target_modules") or model_cfg.get("target_modules")
         try:
             config = RoCoFTConfig(
-                axis=method_cfg.axis, rank=int(method_cfg.rank), bias=method_cfg.bias,
+                axis=method_cfg.axis, rank=int(method_cfg.get("rank") or 1), bias=method_cfg.bias,
                 selection=method_cfg.selection, seed=seed,
                 target_modules=None if targets is None else list(OmegaConf.to_container(targets)
                                                                  if OmegaConf.is_config(targets) else targets),
-                trainable_modules=heads, master_dtype=method_cfg.get("master_dtype"))
+                p=method_cfg.get("p"), modules_to_save=heads, master_dtype=method_cfg.get("master_dtype"))
             return apply_rocoft(model, config, calibration_batches=calibration_batches)
         except ValueError as e:
             raise UserError(f"method={method_cfg.name}: {e}") from None

@@ -63,15 +63,15 @@ def test_untargeted_and_frozen_entries_stay_bit_identical(tmp_path, method):
         opt.step()
         opt.zero_grad()
     for layer in layers.values():
-        layer.sync()
+        layer.rocoft.sync(layer.base_layer.weight)
     after = {k.replace("base_layer.", ""): v for k, v in model.state_dict().items()
-             if "rocoft_" not in k}
+             if ".rocoft." not in k}
     dim = 0 if cfg.method.axis == "row" else 1
     for name, layer in layers.items():
         key = name.replace("base_layer.", "") + ".weight"
         w0, w1 = before[key], after[key]
         keep = torch.ones(w0.shape[dim], dtype=torch.bool)
-        keep[layer.rocoft_index] = False
+        keep[layer.rocoft.index] = False
         sel = (slice(None),) * dim + (keep,)
         assert torch.equal(w0[sel], w1[sel]), name
         assert not torch.equal(w0, w1), f"{name}: trained slice did not move"
@@ -120,7 +120,7 @@ def test_seed_controls_random_rows_and_head_init():
         torch.manual_seed(seed)
         model = build_model(cfg.model, "classification", 2, load_tokenizer(cfg.model))
         model = apply_method(model, cfg.method, cfg.model, "classification", seed=seed)
-        rows = [m.rocoft_index.tolist() for m in model.modules() if isinstance(m, RoCoFTLinear)]
+        rows = [m.rocoft.index.tolist() for m in model.modules() if isinstance(m, RoCoFTLinear)]
         return rows, model.classifier.weight.detach().clone()
 
     rows0, head0 = build(0)

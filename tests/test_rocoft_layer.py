@@ -47,7 +47,7 @@ def test_gradients_equal_dense_slice(axis, shape, lead, bias, which):
     torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-12)
     torch.testing.assert_close(x.grad, gx_ref, rtol=0, atol=1e-12)
     expected = gw_ref.index_select(0 if axis == "row" else 1, index)
-    torch.testing.assert_close(ro.rocoft_weight.grad, expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(ro.rocoft.weight.grad, expected, rtol=0, atol=1e-12)
     assert layer.weight.grad is None
     if bias:
         torch.testing.assert_close(layer.bias.grad, gb_ref, rtol=0, atol=1e-12)
@@ -87,18 +87,18 @@ def test_frozen_entries_bit_identical_after_steps_with_weight_decay(axis):
     assert torch.equal(after[sel], before[sel])
     trained = (slice(None),) * dim + (index,)
     assert not torch.equal(after[trained], before[trained])
-    assert torch.equal(after[trained], ro.rocoft_weight.detach())
+    assert torch.equal(after[trained], ro.rocoft.weight.detach())
     # only the slice and the bias are in the optimizer: no state of the full matrix
-    assert {p.numel() for p in params} == {ro.rocoft_weight.numel(), 8}
+    assert {p.numel() for p in params} == {ro.rocoft.weight.numel(), 8}
 
 
 def test_half_precision_base_keeps_fp32_master():
     layer = nn.Linear(6, 4).to(torch.bfloat16)
     ro = RoCoFTLinear(layer, "row", torch.tensor([0]))
-    assert ro.rocoft_weight.dtype == torch.float32
+    assert ro.rocoft.weight.dtype == torch.float32
     y = ro(torch.randn(2, 6, dtype=torch.bfloat16))
     y.float().sum().backward()
-    assert ro.rocoft_weight.grad.dtype == torch.float32 and y.dtype == torch.bfloat16
+    assert ro.rocoft.weight.grad.dtype == torch.float32 and y.dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize("bad", [[], [0, 0], [9], [-1]])

@@ -1,13 +1,13 @@
 """RoCoFT: row/column fine-tuning, as a library."""
 
 from .config import BIAS_MODES, RoCoFTConfig
-from .layer import RoCoFTLinear
+from .layer import RoCoFTLinear, RoCoFTSlice
 from .model import apply_rocoft, calibrate_input_norms, count_parameters, find_targets, merge_rocoft, rocoft_layers
-from .selection import STRATEGIES, select_indices, wanda_scores
+from .selection import STRATEGIES, sample_entries, select_indices, wanda_scores
 from .targets import FAMILY_TARGETS, default_targets, name_matches
 
 __all__ = [
-    "BIAS_MODES", "FAMILY_TARGETS", "STRATEGIES", "RoCoFTConfig", "RoCoFTLinear", "apply_rocoft",
+    "BIAS_MODES", "FAMILY_TARGETS", "STRATEGIES", "RoCoFTConfig", "RoCoFTLinear", "RoCoFTSlice", "apply_rocoft",
     "calibrate_input_norms", "count_parameters", "default_targets", "find_targets", "merge_rocoft",
-    "name_matches", "rocoft_layers", "select_indices", "wanda_scores",
+    "name_matches", "rocoft_layers", "sample_entries", "select_indices", "wanda_scores",
 ]

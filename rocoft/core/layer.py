@@ -2,15 +2,17 @@
 
 For ``y = x W^T + b`` with W of shape (d_out, d_in) and only rows R (or columns C) trained:
 
-* ``grad_x = grad_y W``                     -- exactly what a frozen layer computes anyway;
+* ``grad_x = grad_y W``                         -- exactly what a frozen layer computes anyway;
 * rows:    ``grad_W[R, :] = grad_y[:, R]^T x``  -- an r x d_in matmul, needs x saved;
-* columns: ``grad_W[:, C] = grad_y^T x[:, C]``  -- a d_out x r matmul, needs only x[:, C] saved.
+* columns: ``grad_W[:, C] = grad_y^T x[:, C]``  -- a d_out x r matmul, needs only x[:, C] saved;
+* entries (the random-entry ablation, each entry trained with probability p):
+  ``grad_W.flat[E] = (grad_y^T x).flat[E]``.
 
-No full weight gradient is formed, the weight is never rebuilt per forward (the official
-code's ``torch.cat``), and the optimizer only ever sees the r x d slice. The trained slice
-is an ``nn.Parameter`` of its own (an fp32 master copy when the base weight is half
-precision); its values are written into the frozen weight, in place, only when it changed
-(i.e. after an optimizer step or a state-dict load), so the forward is a plain ``F.linear``.
+No full weight gradient is kept, the weight is never rebuilt per forward (the official code's
+``torch.cat``), and the optimizer only ever sees the trained values. These live in a
+:class:`RoCoFTSlice` (an fp32 master copy when the base weight is half precision) and are
+written into the frozen weight, in place, only when they changed (after an optimizer step or
+a state-dict load), so the forward is a plain ``F.linear``.
 """
 
 from __future__ import annotations
@@ -19,22 +21,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-AXES = ("row", "column")
+AXES = ("row", "column", "entry")
 
 
 class _RoCoFTLinearFn(torch.autograd.Function):
-    """``F.linear`` whose backward produces grad_x, the trained slice's grad and the bias grad only."""
+    """``F.linear`` whose backward produces grad_x, the trained values' grad and the bias grad only."""
 
     @staticmethod
-    def forward(ctx, x, trained, weight, bias, index, axis):  # noqa: D401 - autograd API
+    def forward(ctx, x, trained, weight, bias, index, axis):
         # ``trained`` is only an autograd handle: its values already live inside ``weight``.
         out = F.linear(x, weight, bias)  # autocast (if enabled) applies here as usual
         ctx.axis, ctx.weight, ctx.compute_dtype = axis, weight, out.dtype
-        ctx.x_shape, ctx.x_dtype = x.shape, x.dtype
-        ctx.bias_dtype = None if bias is None else bias.dtype
+        ctx.x_dtype, ctx.bias_dtype = x.dtype, None if bias is None else bias.dtype
         saved = None
         if ctx.needs_input_grad[1]:
-            saved = x if axis == "row" else x.index_select(-1, index)  # columns: only r features
+            saved = x.index_select(-1, index) if axis == "column" else x  # columns: only r features
             saved = saved.to(out.dtype)
         ctx.save_for_backward(saved, index)
         return out
@@ -42,93 +43,129 @@ class _RoCoFTLinearFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         saved, index = ctx.saved_tensors
-        cdtype = ctx.compute_dtype
-        g = grad_out.to(cdtype)
+        g = grad_out.to(ctx.compute_dtype)
         g2 = g.reshape(-1, g.shape[-1])  # (N, d_out)
         grad_x = grad_trained = grad_bias = None
         if ctx.needs_input_grad[0]:
-            grad_x = g.matmul(ctx.weight.to(cdtype)).to(ctx.x_dtype)
+            grad_x = g.matmul(ctx.weight.to(ctx.compute_dtype)).to(ctx.x_dtype)
         if ctx.needs_input_grad[1]:
+            x2 = saved.reshape(-1, saved.shape[-1])
             if ctx.axis == "row":  # (r, N) @ (N, d_in)
-                grad_trained = g2.index_select(1, index).t().matmul(saved.reshape(-1, saved.shape[-1]))
-            else:  # (d_out, N) @ (N, r)
-                grad_trained = g2.t().matmul(saved.reshape(-1, saved.shape[-1]))
+                grad_trained = g2.index_select(1, index).t().matmul(x2)
+            elif ctx.axis == "column":  # (d_out, N) @ (N, r)
+                grad_trained = g2.t().matmul(x2)
+            else:  # sampled entries of the (d_out, d_in) gradient
+                grad_trained = g2.t().matmul(x2).reshape(-1).index_select(0, index)
         if ctx.needs_input_grad[3]:
             grad_bias = g2.sum(0).to(ctx.bias_dtype)
         return grad_x, grad_trained, None, grad_bias, None, None
 
 
-class RoCoFTLinear(nn.Module):
-    """Wraps an ``nn.Linear`` (kept as ``base_layer``) so that only r rows/columns train.
+class RoCoFTSlice(nn.Module):
+    """The trained part of one weight: r rows, r columns, or a set of entries.
 
     Attributes:
-        base_layer: the original layer; its ``weight`` is frozen and always holds the current
-            full weight (trained slice included), so merging is just returning it.
-        rocoft_weight: the trainable slice, shape (r, d_in) for rows, (d_out, r) for columns.
-        rocoft_index: long tensor of the r trained row/column indices (sorted).
-        rocoft_origin: the slice's pretrained values (to unmerge / swap adapters).
+        weight: the trained values: (r, d_in) rows, (d_out, r) columns, or (n,) entries.
+        index: sorted long tensor of row / column indices, or flat entry indices (``i * d_in + j``).
+        origin: the pretrained values at ``index`` (not saved: recomputed from the base on load),
+            used to restore the base weight (unmerge, adapter swap).
     """
 
-    def __init__(self, base_layer: nn.Linear, axis: str, index: torch.Tensor, master_dtype=None):
+    def __init__(self, base_weight: torch.Tensor, axis: str, index, master_dtype=None):
         super().__init__()
         if axis not in AXES:
             raise ValueError(f"RoCoFT axis must be one of {AXES}, got {axis!r}")
-        if not isinstance(base_layer, nn.Linear):
-            raise TypeError(f"RoCoFT wraps nn.Linear layers, got {type(base_layer).__name__}")
-        dim = 0 if axis == "row" else 1
-        size = base_layer.weight.shape[dim]
-        index = torch.as_tensor(index, dtype=torch.long, device=base_layer.weight.device).sort().values
-        if index.numel() == 0 or index.numel() > size or index.unique().numel() != index.numel():
-            raise ValueError(f"RoCoFT needs 1..{size} distinct {axis} indices, got {index.tolist()}")
-        if index.min() < 0 or index.max() >= size:
-            raise ValueError(f"RoCoFT {axis} indices must lie in [0, {size}), got {index.tolist()}")
-        self.base_layer, self.axis, self.dim = base_layer, axis, dim
-        base_layer.weight.requires_grad_(False)
-        weight = base_layer.weight
+        size = base_weight.numel() if axis == "entry" else base_weight.shape[0 if axis == "row" else 1]
+        index = torch.as_tensor(index, dtype=torch.long, device=base_weight.device).sort().values
+        if index.numel() == 0 or index.unique().numel() != index.numel() or index.min() < 0 or index.max() >= size:
+            raise ValueError(f"RoCoFT needs 1..{size} distinct {axis} indices in [0, {size}), got {index.tolist()}")
+        self.axis = axis
         if master_dtype is None:
-            master_dtype = torch.float32 if weight.dtype in (torch.float16, torch.bfloat16) else weight.dtype
-        origin = weight.detach().index_select(dim, index)
-        self.register_buffer("rocoft_index", index)
-        self.register_buffer("rocoft_origin", origin.clone())
-        self.rocoft_weight = nn.Parameter(origin.to(master_dtype))
+            master_dtype = torch.float32 if base_weight.dtype in (torch.float16, torch.bfloat16) else base_weight.dtype
+        self.register_buffer("index", index)
+        self.register_buffer("origin", self.gather(base_weight).clone(), persistent=False)
+        self.weight = nn.Parameter(self.origin.to(master_dtype))
         self._synced_version = None
 
     @property
     def rank(self) -> int:
-        return self.rocoft_index.numel()
+        return self.index.numel()
 
-    @property
-    def in_features(self) -> int:
-        return self.base_layer.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.base_layer.out_features
+    def gather(self, w: torch.Tensor) -> torch.Tensor:
+        w = w.detach()
+        if self.axis == "entry":
+            return w.reshape(-1).index_select(0, self.index)
+        return w.index_select(0 if self.axis == "row" else 1, self.index)
 
     @torch.no_grad()
-    def sync(self, force: bool = False) -> None:
-        """Write the trained slice into the frozen weight if it changed since the last write."""
-        version = self.rocoft_weight._version
-        if force or version != self._synced_version:
-            w = self.base_layer.weight
-            w.index_copy_(self.dim, self.rocoft_index, self.rocoft_weight.to(w.dtype))
-            self._synced_version = self.rocoft_weight._version
+    def scatter(self, w: torch.Tensor, values: torch.Tensor) -> None:
+        """Write ``values`` at ``index`` into ``w``, in place."""
+        values = values.to(w.dtype)
+        if self.axis == "entry":
+            w.view(-1).index_copy_(0, self.index, values)
+        else:
+            w.index_copy_(0 if self.axis == "row" else 1, self.index, values)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.sync()
-        layer = self.base_layer
-        return _RoCoFTLinearFn.apply(x, self.rocoft_weight, layer.weight, layer.bias, self.rocoft_index, self.axis)
+    def sync(self, w: torch.Tensor, force: bool = False) -> None:
+        """Write the trained values into ``w`` if they changed since the last write."""
+        if force or self.weight._version != self._synced_version:
+            self.scatter(w, self.weight)
+            self._synced_version = self.weight._version
+
+    def restore(self, w: torch.Tensor) -> None:
+        """Put the pretrained values back into ``w``; the next ``sync`` writes the trained ones again."""
+        self.scatter(w, self.origin)
+        self._synced_version = None
 
     @torch.no_grad()
-    def unmerged_weight(self) -> torch.Tensor:
-        """The pretrained weight (slice restored to its original values), as a new tensor."""
-        w = self.base_layer.weight.detach().clone()
-        return w.index_copy_(self.dim, self.rocoft_index, self.rocoft_origin.to(w.dtype))
+    def reset_origin(self, w: torch.Tensor) -> None:
+        """Re-read the pretrained values (after ``index`` was loaded) from a pristine ``w``."""
+        self.origin = self.gather(w).clone()
+        self._synced_version = None
 
-    def merge(self) -> nn.Linear:
-        """Return the base layer holding the fine-tuned weight (no RoCoFT module left)."""
-        self.sync(force=True)
-        return self.base_layer
+    def linear(self, x: torch.Tensor, base: nn.Linear) -> torch.Tensor:
+        return _RoCoFTLinearFn.apply(x, self.weight, base.weight, base.bias, self.index, self.axis)
 
     def extra_repr(self) -> str:
-        return f"axis={self.axis}, rank={self.rank}, master_dtype={self.rocoft_weight.dtype}"
+        return f"axis={self.axis}, n={self.rank}, dtype={self.weight.dtype}"
+
+
+def _restore_before_load(module, *args, **kwargs):
+    module.rocoft.restore(module.base_layer.weight)
+
+
+def _reset_after_load(module, incompatible_keys):
+    module.rocoft.reset_origin(module.base_layer.weight)
+
+
+class RoCoFTLinear(nn.Module):
+    """Wraps an ``nn.Linear`` (kept as ``base_layer``) so that only one :class:`RoCoFTSlice` trains.
+
+    ``base_layer.weight`` is frozen and always holds the current full weight (trained values
+    included), so merging is just returning ``base_layer``.
+    """
+
+    def __init__(self, base_layer: nn.Linear, axis: str, index, master_dtype=None):
+        super().__init__()
+        if not isinstance(base_layer, nn.Linear):
+            raise TypeError(f"RoCoFT wraps nn.Linear layers, got {type(base_layer).__name__}")
+        base_layer.weight.requires_grad_(False)
+        self.base_layer = base_layer
+        self.rocoft = RoCoFTSlice(base_layer.weight, axis, index, master_dtype)
+        # loading a state dict may change the indices: restore the pretrained weight first, then re-read it
+        self._register_load_state_dict_pre_hook(_restore_before_load, with_module=True)
+        self.register_load_state_dict_post_hook(_reset_after_load)
+
+    in_features = property(lambda self: self.base_layer.in_features)
+    out_features = property(lambda self: self.base_layer.out_features)
+    axis = property(lambda self: self.rocoft.axis)
+    rank = property(lambda self: self.rocoft.rank)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.rocoft.sync(self.base_layer.weight)
+        return self.rocoft.linear(x, self.base_layer)
+
+    def merge(self) -> nn.Linear:
+        """The base layer holding the fine-tuned weight (no RoCoFT module left)."""
+        self.rocoft.sync(self.base_layer.weight, force=True)
+        return self.base_layer

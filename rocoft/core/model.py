@@ -1,14 +1,13 @@
-"""Apply RoCoFT to a model, calibrate selection scores, count and merge."""
+"""Apply RoCoFT to a model (without peft), calibrate selection scores, count and merge."""
 
 from __future__ import annotations
-
 
 import torch
 from torch import nn
 
 from .config import RoCoFTConfig
 from .layer import RoCoFTLinear
-from .selection import SCORED, select_indices, wanda_scores
+from .selection import SCORED, sample_entries, select_indices, wanda_scores
 from .targets import default_targets, name_matches
 
 
@@ -17,17 +16,23 @@ def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
 
+def target_patterns(model: nn.Module, config: RoCoFTConfig):
+    if config.target_modules is not None:
+        return config.target_modules
+    return default_targets(getattr(getattr(model, "config", None), "model_type", None))
+
+
+def is_target(name: str, module: nn.Module, patterns, config: RoCoFTConfig) -> bool:
+    return (isinstance(module, nn.Linear) and name_matches(name, patterns)
+            and not name_matches(name, config.exclude_modules) and not name_matches(name, config.modules_to_save))
+
+
 def find_targets(model: nn.Module, config: RoCoFTConfig) -> list[str]:
     """Names of the ``nn.Linear`` layers RoCoFT adapts (never those trained fully as heads)."""
-    patterns = config.target_modules
-    if patterns is None:
-        patterns = default_targets(getattr(getattr(model, "config", None), "model_type", None))
-    names = [n for n, m in model.named_modules()
-             if isinstance(m, nn.Linear) and name_matches(n, patterns)
-             and not name_matches(n, config.trainable_modules)]
+    patterns = target_patterns(model, config)
+    names = [n for n, m in model.named_modules() if is_target(n, m, patterns, config)]
     if not names:
-        raise ValueError(f"RoCoFT target patterns {patterns} matched no nn.Linear layer of "
-                         f"{type(model).__name__}")
+        raise ValueError(f"RoCoFT target patterns {patterns} matched no nn.Linear layer of {type(model).__name__}")
     return names
 
 
@@ -39,8 +44,7 @@ def calibrate_input_norms(model: nn.Module, layer_names: list[str], batches) -> 
     whole model over ``batches`` (dicts of model inputs), so attention, norms and residuals
     are all accounted for. Padding tokens are included as the model sees them.
     """
-    sq = {}
-    hooks = []
+    sq, hooks = {}, []
 
     def make_hook(name):
         def hook(_module, args):
@@ -50,31 +54,44 @@ def calibrate_input_norms(model: nn.Module, layer_names: list[str], batches) -> 
 
     for name in layer_names:
         hooks.append(model.get_submodule(name).register_forward_pre_hook(make_hook(name)))
+    was_training = model.training
     try:
-        was_training = model.training
         model.eval()
         for batch in batches:
             model(**batch)
-        model.train(was_training)
     finally:
+        model.train(was_training)
         for h in hooks:
             h.remove()
     missing = [n for n in layer_names if n not in sq]
     if missing:
-        raise RuntimeError(f"Calibration never reached layers {missing[:3]}...")
+        raise ValueError(f"Calibration batches never reached layers {missing[:3]}; give at least one batch")
     return {n: v.sqrt() for n, v in sq.items()}
+
+
+def choose_index(weight: torch.Tensor, config: RoCoFTConfig, generator, input_norm=None) -> torch.Tensor:
+    """The indices one weight trains under ``config`` (rows, columns, or flat entries)."""
+    if config.axis == "entry":
+        return sample_entries(weight.numel(), float(config.p), generator)
+    size = weight.shape[0 if config.axis == "row" else 1]
+    if config.rank > size:
+        raise ValueError(f"RoCoFT rank {config.rank} exceeds the {config.axis} count {size} of a "
+                         f"{tuple(weight.shape)} weight")
+    scores = wanda_scores(weight, input_norm, config.axis) if input_norm is not None else None
+    return select_indices(size, config.rank, config.selection, generator=generator, scores=scores)
 
 
 def apply_rocoft(model: nn.Module, config: RoCoFTConfig, calibration_batches=None) -> nn.Module:
     """Freeze ``model`` and replace its targeted linears by :class:`RoCoFTLinear`, in place.
 
-    Trains: the selected slices, biases per ``config.bias``, and ``config.trainable_modules``
-    fully. ``calibration_batches`` (an iterable of model-input dicts) is required by the
-    Wanda-score selections ``max``/``min``/``mixed``.
+    Trains the selected values, biases per ``config.bias`` and ``config.modules_to_save`` fully.
+    ``calibration_batches`` (an iterable of model-input dicts) is required by the Wanda-score
+    selections ``max`` / ``min`` / ``mixed``. (For save / load / merge through peft, use
+    ``peft.get_peft_model(model, config)`` instead.)
     """
     names = find_targets(model, config)
     norms = None
-    if config.selection in SCORED:
+    if config.selection in SCORED and config.axis != "entry":
         if calibration_batches is None:
             raise ValueError(f"Selection {config.selection!r} needs calibration_batches")
         norms = calibrate_input_norms(model, names, calibration_batches)
@@ -84,23 +101,17 @@ def apply_rocoft(model: nn.Module, config: RoCoFTConfig, calibration_batches=Non
     master = getattr(torch, config.master_dtype) if config.master_dtype else None
     for name in names:
         layer = model.get_submodule(name)
-        dim = 0 if config.axis == "row" else 1
-        size = layer.weight.shape[dim]
-        if config.rank > size:
-            raise ValueError(f"RoCoFT rank {config.rank} exceeds the {config.axis} count {size} of {name}")
-        scores = wanda_scores(layer.weight, norms[name], config.axis) if norms is not None else None
-        index = select_indices(size, config.rank, config.selection, generator=generator, scores=scores)
+        index = choose_index(layer.weight, config, generator, None if norms is None else norms[name])
         _set_module(model, name, RoCoFTLinear(layer, config.axis, index, master_dtype=master))
-        if config.bias == "targeted" and layer.bias is not None:
+        if config.bias == "rocoft_only" and layer.bias is not None:
             layer.bias.requires_grad_(True)
     if config.bias == "all":
         for n, p in model.named_parameters():
             if n.endswith("bias"):
                 p.requires_grad_(True)
     for n, m in model.named_modules():
-        if config.trainable_modules and name_matches(n, config.trainable_modules):
-            for p in m.parameters():
-                p.requires_grad_(True)
+        if config.modules_to_save and name_matches(n, config.modules_to_save):
+            m.requires_grad_(True)
     return model
 
 
@@ -116,10 +127,10 @@ def merge_rocoft(model: nn.Module) -> nn.Module:
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
-    """Trainable and total parameter counts; a RoCoFT slice counts once (it lives inside its weight)."""
-    slice_ids = {id(m.rocoft_weight) for _, m in rocoft_layers(model)}
+    """Trainable and total parameter counts; trained RoCoFT values count once (they live inside their weight)."""
+    from .layer import RoCoFTSlice
+
+    slice_ids = {id(m.weight) for m in model.modules() if isinstance(m, RoCoFTSlice)}
     total = sum(p.numel() for p in model.parameters() if id(p) not in slice_ids)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"trainable": trainable, "total": total}
-
-

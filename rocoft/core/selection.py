@@ -25,6 +25,14 @@ def wanda_scores(weight: torch.Tensor, input_norm: torch.Tensor, axis: str) -> t
     return s.sum(1) if axis == "row" else s.sum(0)
 
 
+def sample_entries(numel: int, p: float, generator=None) -> torch.Tensor:
+    """Flat indices of the entries that train, each independently with probability ``p`` (at least one)."""
+    keep = torch.rand(numel, generator=generator) < p
+    if not keep.any():
+        keep[torch.randint(numel, (1,), generator=generator)] = True
+    return keep.nonzero().flatten()
+
+
 def select_indices(size: int, rank: int, strategy: str = "first", *, generator=None,
                    scores: torch.Tensor | None = None) -> torch.Tensor:
     """Return ``rank`` sorted distinct indices in ``[0, size)`` chosen by ``strategy``."""
