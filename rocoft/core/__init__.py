@@ -3,11 +3,12 @@
 from .config import BIAS_MODES, RoCoFTConfig
 from .layer import RoCoFTLinear, RoCoFTSlice
 from .model import apply_rocoft, calibrate_input_norms, count_parameters, find_targets, merge_rocoft, rocoft_layers
+from .peft_tuner import RoCoFTLayer, RoCoFTModel  # registers "rocoft" with peft
 from .selection import STRATEGIES, sample_entries, select_indices, wanda_scores
 from .targets import FAMILY_TARGETS, default_targets, name_matches
 
 __all__ = [
-    "BIAS_MODES", "FAMILY_TARGETS", "STRATEGIES", "RoCoFTConfig", "RoCoFTLinear", "RoCoFTSlice", "apply_rocoft",
+    "BIAS_MODES", "FAMILY_TARGETS", "STRATEGIES", "RoCoFTConfig", "RoCoFTLayer", "RoCoFTLinear", "RoCoFTModel", "RoCoFTSlice", "apply_rocoft",
     "calibrate_input_norms", "count_parameters", "default_targets", "find_targets", "merge_rocoft",
     "name_matches", "rocoft_layers", "sample_entries", "select_indices", "wanda_scores",
 ]

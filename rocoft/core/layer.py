@@ -84,7 +84,7 @@ class RoCoFTSlice(nn.Module):
             master_dtype = torch.float32 if base_weight.dtype in (torch.float16, torch.bfloat16) else base_weight.dtype
         self.register_buffer("index", index)
         self.register_buffer("origin", self.gather(base_weight).clone(), persistent=False)
-        self.weight = nn.Parameter(self.origin.to(master_dtype))
+        self.weight = nn.Parameter(self.origin.to(master_dtype, copy=True))
         self._synced_version = None
 
     @property

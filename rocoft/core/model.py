@@ -81,6 +81,13 @@ def choose_index(weight: torch.Tensor, config: RoCoFTConfig, generator, input_no
     return select_indices(size, config.rank, config.selection, generator=generator, scores=scores)
 
 
+def layer_generator(seed: int, layer_name: str) -> torch.Generator:
+    """The RNG of one layer's random choice: depends on the seed and the layer's name only, so that
+    ``apply_rocoft`` and ``get_peft_model`` pick the same rows whatever order layers are visited in."""
+    offset = sum((i + 1) * ord(c) for i, c in enumerate(layer_name)) % 1_000_003  # stable across processes
+    return torch.Generator().manual_seed(seed * 1_000_003 + offset)
+
+
 def apply_rocoft(model: nn.Module, config: RoCoFTConfig, calibration_batches=None) -> nn.Module:
     """Freeze ``model`` and replace its targeted linears by :class:`RoCoFTLinear`, in place.
 
@@ -97,11 +104,11 @@ def apply_rocoft(model: nn.Module, config: RoCoFTConfig, calibration_batches=Non
         norms = calibrate_input_norms(model, names, calibration_batches)
     for p in model.parameters():
         p.requires_grad_(False)
-    generator = torch.Generator().manual_seed(config.seed)
     master = getattr(torch, config.master_dtype) if config.master_dtype else None
     for name in names:
         layer = model.get_submodule(name)
-        index = choose_index(layer.weight, config, generator, None if norms is None else norms[name])
+        index = choose_index(layer.weight, config, layer_generator(config.seed, name),
+                             None if norms is None else norms[name])
         _set_module(model, name, RoCoFTLinear(layer, config.axis, index, master_dtype=master))
         if config.bias == "rocoft_only" and layer.bias is not None:
             layer.bias.requires_grad_(True)

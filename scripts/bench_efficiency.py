@@ -1,0 +1,642 @@
+"""Training-step time and peak memory of RoCoFT against LoRA, full fine-tuning and the frozen floor.
+
+Run from the repository root with the virtualenv active (``. .venv/bin/activate``):
+
+    python scripts/bench_efficiency.py --shape roberta-base --device cpu
+    python scripts/bench_efficiency.py --shape roberta-base --device cpu --cpu-memory both
+    python scripts/bench_efficiency.py --shape tiny --device cpu --variants frozen_floor,rocoft_row_r1,lora_r8
+    python scripts/bench_efficiency.py --shape llama2-7b llama-1b roberta-base --device cuda
+
+Defaults per device (each overridable by ``--dtype/--autocast/--batch/--seq-len/--warmup/--repeats``):
+
+    cpu : float32, batch 8 x seq 128 (tiny 4 x 32, llama-1b 2 x 128), warmup 2, repeats 5
+    cuda: llama2-7b bf16 4 x 512; llama-1b bf16 8 x 512; roberta-base fp32 + bf16 autocast 32 x 128;
+          warmup 4, repeats 12
+
+Every variant runs in this one process on the same inputs (fixed seeds) and targets the same layers
+(``rocoft.core.targets.FAMILY_TARGETS[model_type]``); the model is rebuilt from its config with the
+same seed for each variant. One step = forward + loss + backward + AdamW step + zero_grad(set_to_none).
+Variants (``--variants``, comma list; the floor is always added since every ratio is relative to it):
+
+    frozen_floor      all weights frozen, embedding output requires grad: the backward still runs
+                      through every block. No parameter trains (no optimizer step).
+    full_ft           every parameter trains.
+    lora_r<N>         peft LoRA, r=N, alpha=2N, dropout --lora-dropout (0), on the exact target names.
+    rocoft_row_r<N>   rocoft.apply_rocoft(axis="row", rank=N)   (also rocoft_col_r<N>)
+    torchcat_row_r<N> reference re-implementation of the official code: trained rows as a Parameter,
+                      the rest as a buffer, weight rebuilt with torch.cat every forward (full weight
+                      gradient every step). Also torchcat_col_r<N>.
+
+Task heads (classifier / lm_head) are frozen in every variant but full_ft, so "trainable" counts only
+the adaptation itself.
+
+Memory: on CUDA, ``torch.cuda.max_memory_allocated`` over all warm-up and timed steps (peak stats reset
+after the model is built). On CPU (``--cpu-memory``):
+  * ``profiler`` (default, in process): bytes of every live tensor before a step (parameters, buffers,
+    optimizer state, inputs; shared storages once) + the peak of torch's CPU allocations during one extra
+    step recorded by ``torch.profiler.profile(profile_memory=True)``. Comparable to CUDA's
+    max_memory_allocated; allocations outside torch's allocator (oneDNN/BLAS scratch) are not seen.
+  * ``rss``: each variant again in a fresh subprocess (this script with ``--only VARIANT``); its
+    ``ru_maxrss`` minus its RSS just before the model was built (so Python/torch themselves are excluded).
+  * ``both``: ``profiler`` for peak_mb, plus the ``rss`` figure in ``rss_peak_mb``.  ``none``: skip.
+
+Outputs (``--out``, default results/bench): ``efficiency_<shapes>_<device>.json`` (one record per shape x
+variant) and ``efficiency_<shapes>_<device>.md`` (tables with every figure's ratio to the frozen floor,
+also printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import os
+import platform
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # allow ``python scripts/bench_efficiency.py`` without installing
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from rocoft.core import RoCoFTConfig, apply_rocoft, count_parameters, find_targets  # noqa: E402
+
+MB = 2 ** 20
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+CPU_MEMORY_MODES = ("profiler", "rss", "both", "none")
+RSS_JSON_PREFIX = "BENCH_RSS_JSON "
+
+
+# --------------------------------------------------------------------------------------------- shapes
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    model_type: str
+    task: str  # "seq_cls" (RobertaForSequenceClassification) or "causal_lm"
+    config: dict
+    defaults: dict  # device type -> {"dtype", "autocast", "batch", "seq_len"}
+    gpu_only: bool = False
+
+
+def _roberta(hidden, layers, heads, ffn, vocab):
+    return dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=ffn,
+                vocab_size=vocab, max_position_embeddings=514, type_vocab_size=1, pad_token_id=1,
+                bos_token_id=0, eos_token_id=2, num_labels=2)
+
+
+def _llama(hidden, layers, heads, ffn):
+    return dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                num_key_value_heads=heads, intermediate_size=ffn, vocab_size=32000,
+                max_position_embeddings=4096, tie_word_embeddings=False)
+
+
+def _d(dtype, autocast, batch, seq_len):
+    return dict(dtype=dtype, autocast=autocast, batch=batch, seq_len=seq_len)
+
+
+SHAPES: dict[str, Shape] = {s.name: s for s in [
+    Shape("tiny", "roberta", "seq_cls", _roberta(64, 2, 4, 256, 1000),
+          {"cpu": _d("float32", False, 4, 32), "cuda": _d("float32", False, 4, 32)}),
+    Shape("roberta-base", "roberta", "seq_cls", _roberta(768, 12, 12, 3072, 50265),
+          {"cpu": _d("float32", False, 8, 128), "cuda": _d("float32", True, 32, 128)}),
+    Shape("llama-1b", "llama", "causal_lm", _llama(2048, 16, 32, 5504),
+          {"cpu": _d("float32", False, 2, 128), "cuda": _d("bfloat16", False, 8, 512)}),
+    Shape("llama2-7b", "llama", "causal_lm", _llama(4096, 32, 32, 11008),
+          {"cuda": _d("bfloat16", False, 4, 512)}, gpu_only=True),
+]}
+DEVICE_DEFAULTS = {"cpu": dict(warmup=2, repeats=5), "cuda": dict(warmup=4, repeats=12)}
+
+
+def build_model(shape: Shape, device: torch.device, dtype: torch.dtype, seed: int) -> nn.Module:
+    """Random-init model from the shape's config (never downloads), built directly on ``device``."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    cfg = AutoConfig.for_model(shape.model_type, **shape.config)
+    cls = AutoModelForSequenceClassification if shape.task == "seq_cls" else AutoModelForCausalLM
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = cls.from_config(cfg, dtype=dtype)
+    return model.to(device).train()
+
+
+def make_inputs(shape: Shape, batch: int, seq_len: int, device: torch.device, seed: int) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    vocab = shape.config["vocab_size"]
+    ids = torch.randint(3, vocab, (batch, seq_len), generator=g)  # >= 3: no pad/bos/eos ids
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    if shape.task == "seq_cls":
+        inputs["labels"] = torch.randint(0, shape.config["num_labels"], (batch,), generator=g)
+    else:
+        inputs["labels"] = ids.clone()
+    return {k: v.to(device) for k, v in inputs.items()}
+
+
+# ------------------------------------------------------------------------------------------- variants
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    method: str  # frozen_floor | full_ft | lora | rocoft | torchcat
+    axis: str | None = None
+    rank: int | None = None
+
+
+DEFAULT_VARIANTS = ["frozen_floor", "full_ft", "lora_r8",
+                    *[f"rocoft_row_r{r}" for r in (1, 3, 8, 64)], *[f"rocoft_col_r{r}" for r in (1, 3, 8, 64)],
+                    "torchcat_row_r3"]
+_VARIANT_RE = re.compile(r"^(?:(?P<fixed>frozen_floor|full_ft)|lora_r(?P<lr>\d+)|"
+                         r"(?P<m>rocoft|torchcat)_(?P<axis>row|col)_r(?P<r>\d+))$")
+
+
+def parse_variant(name: str) -> Variant:
+    m = _VARIANT_RE.match(name.strip())
+    if not m:
+        raise ValueError(f"unknown variant {name!r}: use frozen_floor, full_ft, lora_r<N>, rocoft_row_r<N>, "
+                         f"rocoft_col_r<N>, torchcat_row_r<N> or torchcat_col_r<N> (N >= 1)")
+    if m["fixed"]:
+        return Variant(m["fixed"], m["fixed"])
+    rank = int(m["lr"] or m["r"])
+    if rank < 1:
+        raise ValueError(f"variant {name!r}: the rank must be >= 1")
+    if m["lr"]:
+        return Variant(name.strip(), "lora", rank=rank)
+    return Variant(name.strip(), m["m"], axis="row" if m["axis"] == "row" else "column", rank=rank)
+
+
+class TorchCatLinear(nn.Module):
+    """How the official RoCoFT code trains rows/columns: the first r rows (columns) are a Parameter,
+    the rest a frozen buffer, and every forward rebuilds the full weight with ``torch.cat`` before
+    ``F.linear``. Autograd therefore forms the full (d_out x d_in) weight gradient every step (then
+    slices it), and each layer keeps its rebuilt weight alive until the backward.
+
+    The trained slice keeps the base dtype (``torch.cat`` needs one dtype), as in the official code. The
+    buffer is a view of the original weight (no copy) and the bias stays frozen (``bias="none"``)."""
+
+    def __init__(self, base: nn.Linear, axis: str, rank: int):
+        super().__init__()
+        self.dim = 0 if axis == "row" else 1
+        w = base.weight.detach()
+        size = w.shape[self.dim]
+        if not 1 <= rank <= size:
+            raise ValueError(f"torchcat rank {rank} must lie in [1, {size}] ({axis}s of a {tuple(w.shape)} weight)")
+        self.trainable = nn.Parameter(w.narrow(self.dim, 0, rank).clone())
+        self.register_buffer("frozen", w.narrow(self.dim, rank, size - rank))
+        self.register_buffer("bias", None if base.bias is None else base.bias.detach())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = torch.cat([self.trainable, self.frozen], dim=self.dim)
+        return F.linear(x, weight, self.bias)
+
+
+def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, new)
+
+
+def prepare(model: nn.Module, variant: Variant, lora_dropout: float) -> tuple[nn.Module, list[str]]:
+    """Apply ``variant`` to ``model``; returns the (possibly wrapped) model and the targeted layer names."""
+    targets = find_targets(model, RoCoFTConfig())  # the family's default target layers, full names
+    if variant.method == "full_ft":
+        for p in model.parameters():
+            p.requires_grad_(True)
+    elif variant.method == "frozen_floor":
+        for p in model.parameters():
+            p.requires_grad_(False)
+        model.get_input_embeddings().register_forward_hook(lambda _m, _i, out: out.requires_grad_())
+    elif variant.method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        cfg = LoraConfig(r=variant.rank, lora_alpha=2 * variant.rank, lora_dropout=lora_dropout,
+                         target_modules=list(targets), bias="none")
+        model = get_peft_model(model, cfg)
+    elif variant.method == "rocoft":
+        apply_rocoft(model, RoCoFTConfig(axis=variant.axis, rank=variant.rank))
+    elif variant.method == "torchcat":
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for name in targets:
+            _set_module(model, name, TorchCatLinear(model.get_submodule(name), variant.axis, variant.rank))
+    else:  # pragma: no cover - parse_variant guards this
+        raise ValueError(variant.method)
+    return model, targets
+
+
+# ------------------------------------------------------------------------------------------- measuring
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train_step(model, inputs, optimizer, autocast_dtype, device) -> torch.Tensor:
+    ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
+    with ctx:
+        loss = model(**inputs).loss
+    loss.backward()
+    if optimizer is not None:
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return loss.detach()
+
+
+def live_tensor_bytes(model: nn.Module, optimizer, inputs: dict) -> int:
+    """Bytes of parameters, grads, buffers, optimizer state and inputs; each storage counted once."""
+    seen, total = set(), 0
+
+    def add(t):
+        nonlocal total
+        if isinstance(t, torch.Tensor) and t.numel():
+            st = t.untyped_storage()
+            key = (t.device, st.data_ptr())
+            if key not in seen:
+                seen.add(key)
+                total += st.nbytes()
+
+    for p in model.parameters():
+        add(p)
+        add(p.grad)
+    for b in model.buffers():
+        add(b)
+    if optimizer is not None:
+        for state in optimizer.state.values():
+            for v in state.values():
+                add(v)
+    for v in inputs.values():
+        add(v)
+    return total
+
+
+def profiled_step_peak_bytes(step) -> int:
+    """Peak of torch CPU allocations made during ``step()`` (still-live + transient), via the profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=False) as prof:
+        step()
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    cur = peak = 0
+    for e in events:
+        if e.device_type() == torch.autograd.DeviceType.CPU:
+            cur += e.nbytes()
+            peak = max(peak, cur)
+    return peak
+
+
+def current_rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        try:
+            import psutil
+            return psutil.Process().memory_info().rss
+        except Exception:  # noqa: BLE001
+            return None
+
+
+def max_rss_bytes() -> int:
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r if sys.platform == "darwin" else r * 1024  # bytes on macOS, KiB on Linux
+
+
+@dataclass
+class Settings:
+    shape: Shape
+    device: torch.device
+    dtype: str
+    autocast: bool
+    batch: int
+    seq_len: int
+    warmup: int
+    repeats: int
+    seed: int = 0
+    input_seed: int = 1234
+    lora_dropout: float = 0.0
+    lr: float = 1e-4
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def autocast_dtype(self):
+        return torch.bfloat16 if self.autocast else None
+
+
+def _setup(settings: Settings, variant: Variant):
+    model = build_model(settings.shape, settings.device, DTYPES[settings.dtype], settings.seed)
+    total = sum(p.numel() for p in model.parameters())
+    model, targets = prepare(model, variant, settings.lora_dropout)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=settings.lr) if params else None
+    trainable = sum(p.numel() for p in params)
+    if variant.method == "rocoft":
+        assert count_parameters(model)["trainable"] == trainable
+    return model, optimizer, dict(trainable_params=trainable, total_params=total, n_targets=len(targets))
+
+
+def _free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def run_variant(settings: Settings, variant: Variant, inputs: dict, cpu_memory: str) -> dict:
+    """Time ``settings.repeats`` steps after ``settings.warmup`` and measure memory, in this process."""
+    device = settings.device
+    _free(device)
+    rec = {"variant": variant.name, "method": variant.method, "axis": variant.axis, "rank": variant.rank}
+    model = optimizer = None
+    try:
+        model, optimizer, counts = _setup(settings, variant)
+        rec.update(counts)
+        rec["trainable_pct"] = 100.0 * counts["trainable_params"] / counts["total_params"]
+        torch.manual_seed(settings.seed)  # same dropout masks for every variant
+
+        def step():
+            return train_step(model, inputs, optimizer, settings.autocast_dtype, device)
+
+        if device.type == "cuda":
+            _sync(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            rec["static_mb"] = torch.cuda.memory_allocated(device) / MB
+        for _ in range(settings.warmup):
+            step()
+        times = []
+        for _ in range(settings.repeats):
+            _sync(device)
+            t0 = time.perf_counter()
+            loss = step()
+            _sync(device)
+            times.append((time.perf_counter() - t0) * 1e3)
+        rec["final_loss"] = float(loss)
+        rec["step_ms"] = statistics.median(times)
+        rec["step_ms_all"] = times
+        if device.type == "cuda":
+            rec["peak_mb"] = torch.cuda.max_memory_allocated(device) / MB
+            rec["memory_measure"] = "cuda_max_memory_allocated"
+        elif cpu_memory in ("profiler", "both"):
+            static = live_tensor_bytes(model, optimizer, inputs)
+            rec["static_mb"] = static / MB
+            rec["peak_mb"] = (static + profiled_step_peak_bytes(step)) / MB
+            rec["memory_measure"] = "cpu_live_tensors+profiled_step_peak"
+        else:
+            rec["peak_mb"], rec["memory_measure"] = None, None
+    except torch.cuda.OutOfMemoryError as e:  # a variant that does not fit is a result, not a crash
+        rec.update(oom=True, step_ms=None, step_ms_all=[], peak_mb=None, error=str(e).splitlines()[0])
+    finally:
+        del model, optimizer
+        _free(device)
+    return rec
+
+
+def rss_probe(settings: Settings, variant: Variant, steps: int = 2) -> dict:
+    """In a fresh process: RSS high-water of building + ``steps`` training steps, minus the RSS before."""
+    inputs = make_inputs(settings.shape, settings.batch, settings.seq_len, settings.device, settings.input_seed)
+    gc.collect()
+    before = current_rss_bytes()
+    if before is None:
+        raise RuntimeError("cannot read this process's RSS (/proc/self/statm or psutil): use --cpu-memory profiler")
+    model, optimizer, counts = _setup(settings, variant)
+    torch.manual_seed(settings.seed)
+    for _ in range(steps):
+        train_step(model, inputs, optimizer, settings.autocast_dtype, settings.device)
+    return dict(variant=variant.name, rss_peak_mb=(max_rss_bytes() - before) / MB, rss_before_mb=before / MB,
+                **counts)
+
+
+def rss_in_subprocess(settings: Settings, variant: Variant, threads: int) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--only", variant.name, "--shape", settings.shape.name,
+           "--device", "cpu", "--dtype", settings.dtype, "--batch", str(settings.batch),
+           "--seq-len", str(settings.seq_len), "--threads", str(threads), "--seed", str(settings.seed),
+           "--lora-dropout", str(settings.lora_dropout), "--autocast" if settings.autocast else "--no-autocast"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=str(ROOT))
+    for line in proc.stdout.splitlines():
+        if line.startswith(RSS_JSON_PREFIX):
+            return json.loads(line[len(RSS_JSON_PREFIX):])
+    raise RuntimeError(f"RSS subprocess for {variant.name} failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
+
+
+# -------------------------------------------------------------------------------------------- reports
+def versions() -> dict:
+    import peft
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "peft": peft.__version__}
+
+
+def add_ratios(records: list[dict]) -> None:
+    """ratio_*_vs_floor per shape; the floor's own ratios are exactly 1.0."""
+    for shape in {r["shape"] for r in records}:
+        rows = [r for r in records if r["shape"] == shape]
+        floor = next((r for r in rows if r["variant"] == "frozen_floor"), None)
+        for r in rows:
+            for key, out in (("step_ms", "ratio_time_vs_floor"), ("peak_mb", "ratio_mem_vs_floor"),
+                             ("rss_peak_mb", "ratio_rss_vs_floor")):
+                if key not in r:
+                    continue
+                a, b = r.get(key), (floor or {}).get(key)
+                r[out] = (a / b) if (a is not None and b) else None
+
+
+def _fmt(x, spec=",.1f", none="n/a"):
+    return none if x is None else format(x, spec)
+
+
+def markdown(records: list[dict], header: dict) -> str:
+    lines = ["# RoCoFT efficiency benchmark", "",
+             f"torch {header['versions']['torch']}, transformers {header['versions']['transformers']}, "
+             f"peft {header['versions']['peft']}; device {header['device_name']}; {header['threads']} CPU threads; "
+             f"command: `{header['command']}`", ""]
+    for shape in dict.fromkeys(r["shape"] for r in records):
+        rows = [r for r in records if r["shape"] == shape]
+        r0 = rows[0]
+        has_rss = any("rss_peak_mb" in r for r in rows)
+        lines += [f"## {shape}: {r0['model_class']}, {r0['device']}, {r0['dtype']}"
+                  f"{' + bf16 autocast' if r0['autocast'] else ''}, batch {r0['batch']} x seq {r0['seq_len']}, "
+                  f"median of {r0['repeats']} steps after {r0['warmup']} warm-up", "",
+                  f"memory: {MEMORY_DOC.get(r0.get('memory_measure'), 'not measured')}"
+                  + (f"; rss: {MEMORY_DOC['rss']}" if has_rss else ""), ""]
+        head = "| variant | trainable params | % of total | step ms (median) | min-max ms | x floor | peak MB | x floor |"
+        sep = "|---|---:|---:|---:|---:|---:|---:|---:|"
+        if has_rss:
+            head += " RSS peak MB | x floor |"
+            sep += "---:|---:|"
+        lines += [head, sep]
+        for r in rows:
+            if r.get("oom"):
+                lines.append(f"| {r['variant']} | {_fmt(r.get('trainable_params'), ',d')} | | OOM | | | OOM | |")
+                continue
+            t = r["step_ms_all"]
+            line = (f"| {r['variant']} | {r['trainable_params']:,} | {r['trainable_pct']:.3f} | {r['step_ms']:,.1f} | "
+                    f"{min(t):,.0f}-{max(t):,.0f} | {_fmt(r.get('ratio_time_vs_floor'), '.2f')} | "
+                    f"{_fmt(r.get('peak_mb'), ',.0f')} | {_fmt(r.get('ratio_mem_vs_floor'), '.2f')} |")
+            if has_rss:
+                line += f" {_fmt(r.get('rss_peak_mb'), ',.0f')} | {_fmt(r.get('ratio_rss_vs_floor'), '.2f')} |"
+            lines.append(line)
+        lines.append("")
+    return "\n".join(lines)
+
+
+MEMORY_DOC = {
+    "cuda_max_memory_allocated": "torch.cuda.max_memory_allocated over warm-up + timed steps (weights included)",
+    "cpu_live_tensors+profiled_step_peak": "live torch tensors before a step (weights, optimizer state, inputs) + "
+                                           "peak torch CPU allocations during one profiled step",
+    "rss": "ru_maxrss of a fresh subprocess per variant minus its RSS before the model was built",
+}
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="See the module docstring for variants, defaults and memory measures.")
+    p.add_argument("--shape", nargs="+", default=["roberta-base"], metavar="SHAPE",
+                   help=f"one or more of {', '.join(SHAPES)} (space or comma separated)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--dtype", default=None, choices=list(DTYPES), help="base weight dtype (default per shape)")
+    p.add_argument("--autocast", default=None, action=argparse.BooleanOptionalAction,
+                   help="bf16 autocast on float32 weights (default: on for roberta-base on cuda)")
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--seq-len", type=int, default=None)
+    p.add_argument("--warmup", type=int, default=None, help="default 4 on cuda, 2 on cpu")
+    p.add_argument("--repeats", type=int, default=None, help="default 12 on cuda, 5 on cpu")
+    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                   help="comma list (default: all): " + ",".join(DEFAULT_VARIANTS))
+    p.add_argument("--cpu-memory", default="profiler", choices=CPU_MEMORY_MODES,
+                   help="memory measure on CPU (see the module docstring)")
+    p.add_argument("--out", default=str(ROOT / "results" / "bench"), help="output folder")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--seed", type=int, default=0, help="model init seed (same for every variant)")
+    p.add_argument("--lora-dropout", type=float, default=0.0)
+    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    p.add_argument("--only", default=None, help=argparse.SUPPRESS)  # internal: the RSS subprocess
+    return p
+
+
+def resolve(args, parser) -> tuple[torch.device, list[Settings], list[Variant]]:
+    shapes = [s for item in args.shape for s in item.split(",") if s]
+    bad = [s for s in shapes if s not in SHAPES]
+    if bad or not shapes:
+        parser.error(f"unknown --shape {', '.join(bad) or '(none)'}; choose from {', '.join(SHAPES)}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available to this torch build")
+    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+                          else "cpu")
+    for shape in shapes:
+        if SHAPES[shape].gpu_only and device.type != "cuda":
+            parser.error(f"--shape {shape} is GPU only (bf16 weights alone are ~13 GB and a CPU step would take "
+                         f"many minutes); run it with --device cuda on a GPU, or use llama-1b / roberta-base on CPU")
+    for name, val, lo in (("--batch", args.batch, 1), ("--seq-len", args.seq_len, 1), ("--warmup", args.warmup, 0),
+                          ("--repeats", args.repeats, 1), ("--threads", args.threads, 1)):
+        if val is not None and val < lo:
+            parser.error(f"{name} must be >= {lo}, got {val}")
+    if not 0.0 <= args.lora_dropout < 1.0:
+        parser.error(f"--lora-dropout must be in [0, 1), got {args.lora_dropout}")
+    try:
+        names = [v for v in (x.strip() for x in args.variants.split(",")) if v] if args.only is None else [args.only]
+        variants = [parse_variant(v) for v in dict.fromkeys(names)]
+    except ValueError as e:
+        parser.error(str(e))
+    if not variants:
+        parser.error("--variants is empty")
+    if args.only is None and all(v.name != "frozen_floor" for v in variants):
+        variants.insert(0, parse_variant("frozen_floor"))  # every ratio is relative to the floor
+    variants.sort(key=lambda v: v.name != "frozen_floor")  # floor first
+    dd = DEVICE_DEFAULTS[device.type]
+    settings = []
+    for name in shapes:
+        shape = SHAPES[name]
+        d = shape.defaults[device.type]
+        dtype = args.dtype or d["dtype"]
+        autocast = args.autocast if args.autocast is not None else (d["autocast"] and dtype == "float32")
+        if autocast and dtype != "float32":
+            parser.error(f"--autocast is bf16 autocast over float32 weights; got --dtype {dtype} (drop one of them)")
+        seq_len = args.seq_len or d["seq_len"]
+        max_len = shape.config["max_position_embeddings"] - (2 if shape.model_type == "roberta" else 0)
+        if seq_len > max_len:
+            parser.error(f"--seq-len {seq_len} exceeds what {name} supports ({max_len})")
+        settings.append(Settings(shape=shape, device=device, dtype=dtype, autocast=autocast,
+                                 batch=args.batch or d["batch"], seq_len=seq_len,
+                                 warmup=dd["warmup"] if args.warmup is None else args.warmup,
+                                 repeats=args.repeats or dd["repeats"], seed=args.seed,
+                                 lora_dropout=args.lora_dropout))
+    return device, settings, variants
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the benchmark; returns {"records": [...], "json": path, "markdown": path, "table": text}."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    device, settings, variants = resolve(args, parser)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+
+    if args.only is not None:  # internal RSS probe: one variant, fresh process, print one JSON line
+        if device.type != "cpu" or len(settings) != 1:
+            parser.error("--only is internal: one --shape on --device cpu")
+        res = rss_probe(settings[0], variants[0])
+        print(RSS_JSON_PREFIX + json.dumps(res), flush=True)
+        return res
+
+    from rocoft.utils import atomic_write_json, atomic_write_text, git_info
+
+    ver = versions()
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
+    command = "python scripts/bench_efficiency.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    cpu_memory = args.cpu_memory if device.type == "cpu" else "cuda"
+    records = []
+    t_start = time.perf_counter()
+    jobs = [(s, v) for s in settings for v in variants]
+    bar = tqdm(jobs, desc="bench", unit="variant", disable=args.no_progress, dynamic_ncols=True)
+    for s, v in bar:
+        bar.set_description(f"{s.shape.name} {v.name}")
+        inputs = make_inputs(s.shape, s.batch, s.seq_len, device, s.input_seed)
+        rec = {"shape": s.shape.name, "model_class": ("RobertaForSequenceClassification" if s.shape.task == "seq_cls"
+                                                      else "LlamaForCausalLM"),
+               "device": device.type, "device_name": device_name, "dtype": s.dtype, "autocast": s.autocast,
+               "batch": s.batch, "seq_len": s.seq_len, "warmup": s.warmup, "repeats": s.repeats, "threads": threads}
+        rec.update(run_variant(s, v, inputs, cpu_memory))
+        del inputs
+        if cpu_memory in ("rss", "both"):
+            rss = rss_in_subprocess(s, v, threads)
+            if rss["trainable_params"] != rec["trainable_params"]:
+                raise RuntimeError(f"RSS subprocess of {v.name} trained {rss['trainable_params']} parameters, "
+                                   f"this process {rec['trainable_params']}")
+            rec["rss_peak_mb"] = rss["rss_peak_mb"]
+            if cpu_memory == "rss":
+                rec["peak_mb"], rec["memory_measure"] = rss["rss_peak_mb"], "rss"
+        rec["versions"] = ver
+        records.append(rec)
+        if rec.get("step_ms") is not None:
+            bar.set_postfix_str(f"{rec['step_ms']:.0f} ms")
+    bar.close()
+    add_ratios(records)
+
+    out = Path(args.out)
+    stem = f"efficiency_{'+'.join(s.shape.name for s in settings)}_{device.type}"
+    header = {"versions": ver, "device_name": device_name, "threads": threads, "command": command}
+    table = markdown(records, header)
+    table += f"\nWall time {time.perf_counter() - t_start:.0f} s; git {git_info().get('commit')}\n"
+    json_path, md_path = out / f"{stem}.json", out / f"{stem}.md"
+    atomic_write_json(json_path, records)
+    atomic_write_text(md_path, table)
+    print(table)
+    print(f"wrote {json_path} and {md_path}")
+    return {"records": records, "json": str(json_path), "markdown": str(md_path), "table": table}
+
+
+if __name__ == "__main__":
+    main()
