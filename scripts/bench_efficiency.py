@@ -279,11 +279,30 @@ def live_tensor_bytes(model: nn.Module, optimizer, inputs: dict) -> int:
     return total
 
 
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """Silence the profiler's native start/stop lines (written straight to fd 2)."""
+    sys.stderr.flush()
+    try:
+        saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        yield
+        return
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def profiled_step_peak_bytes(step) -> int:
     """Peak of torch CPU allocations made during ``step()`` (still-live + transient), via the profiler."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=False) as prof:
+    with _quiet_native_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
     events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
                     key=lambda e: e.start_ns())

@@ -76,9 +76,10 @@ class RoCoFTSlice(nn.Module):
         if axis not in AXES:
             raise ValueError(f"RoCoFT axis must be one of {AXES}, got {axis!r}")
         size = base_weight.numel() if axis == "entry" else base_weight.shape[0 if axis == "row" else 1]
-        index = torch.as_tensor(index, dtype=torch.long, device=base_weight.device).sort().values
+        index = torch.as_tensor(index, dtype=torch.long).cpu().sort().values  # validated on the CPU
         if index.numel() == 0 or index.unique().numel() != index.numel() or index.min() < 0 or index.max() >= size:
             raise ValueError(f"RoCoFT needs 1..{size} distinct {axis} indices in [0, {size}), got {index.tolist()}")
+        index = index.to(base_weight.device)
         self.axis = axis
         if master_dtype is None:
             master_dtype = torch.float32 if base_weight.dtype in (torch.float16, torch.bfloat16) else base_weight.dtype
