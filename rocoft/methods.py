@@ -18,24 +18,34 @@ def head_patterns(model_cfg, kind: str) -> list[str]:
     return list(heads.get(kind, []) or [])
 
 
+def _plain(value):
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+def rocoft_config(method_cfg, model_cfg, kind: str, seed: int) -> RoCoFTConfig:
+    """The library config of a ``kind: rocoft`` method config (the model's targets unless the method sets some)."""
+    targets = method_cfg.get("target_modules") or model_cfg.get("target_modules")
+    try:
+        return RoCoFTConfig(
+            axis=method_cfg.axis, rank=int(method_cfg.get("rank") or 1), p=method_cfg.get("p"),
+            bias=method_cfg.bias, selection=method_cfg.selection, seed=seed,
+            target_modules=None if targets is None else list(_plain(targets)),
+            modules_to_save=head_patterns(model_cfg, kind) or None, master_dtype=method_cfg.get("master_dtype"))
+    except ValueError as e:
+        raise UserError(f"method={method_cfg.name}: {e}") from None
+
+
 def apply_method(model: nn.Module, method_cfg, model_cfg, kind: str, seed: int,
                  calibration_batches=None) -> nn.Module:
     """Make ``model`` train what ``method_cfg`` says; returns the (possibly wrapped) model."""
-    heads = head_patterns(model_cfg, kind)
     if method_cfg.kind == "full":
         for p in model.parameters():
             p.requires_grad_(True)
         return model
     if method_cfg.kind == "rocoft":
-        targets = method_cfg.get("target_modules") or model_cfg.get("target_modules")
         try:
-            config = RoCoFTConfig(
-                axis=method_cfg.axis, rank=int(method_cfg.get("rank") or 1), bias=method_cfg.bias,
-                selection=method_cfg.selection, seed=seed,
-                target_modules=None if targets is None else list(OmegaConf.to_container(targets)
-                                                                 if OmegaConf.is_config(targets) else targets),
-                p=method_cfg.get("p"), modules_to_save=heads, master_dtype=method_cfg.get("master_dtype"))
-            return apply_rocoft(model, config, calibration_batches=calibration_batches)
+            return apply_rocoft(model, rocoft_config(method_cfg, model_cfg, kind, seed),
+                                calibration_batches=calibration_batches)
         except ValueError as e:
             raise UserError(f"method={method_cfg.name}: {e}") from None
     raise UserError(f"Unknown method.kind {method_cfg.kind!r} in method config {method_cfg.name!r}")

