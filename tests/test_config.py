@@ -16,7 +16,7 @@ def options(group):
 def test_groups_have_the_required_options():
     assert {"minilm_l6", "tiny_encoder", "tiny_decoder"} <= set(options("model"))
     assert {"rotten_tomatoes", "imdb"} <= set(options("task"))
-    assert {"rocoft_row", "rocoft_col", "full_ft"} <= set(options("method"))
+    assert {"rocoft_row", "rocoft_col", "rocoft_random", "full_ft"} <= set(options("method"))
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in ("model", "task", "method") for o in options(g)])
@@ -35,8 +35,10 @@ def test_every_option_composes_and_resolves(group, option):
     if group == "method":
         assert plain["method"]["kind"] in ("rocoft", "full")
         assert plain["train"]["lr"] == plain["method"]["lr"]
-        if plain["method"]["kind"] == "rocoft":
+        if plain["method"]["kind"] == "rocoft" and plain["method"]["axis"] != "entry":
             assert plain["method"]["rank"] == 2 and "_r2" in plain["output_dir"]
+        if plain["method"]["kind"] == "rocoft" and plain["method"]["axis"] == "entry":
+            assert 0 < plain["method"]["p"] <= 1 and f"_p{plain['method']['p']}" in plain["output_dir"]
 
 
 def test_top_level_keys_a_user_expects():

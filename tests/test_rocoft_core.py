@@ -186,3 +186,29 @@ def test_deepcopy_keeps_load_hooks_on_the_copy():
     sd = {k: v for k, v in model.state_dict().items() if ".rocoft." in k}
     clone.load_state_dict(sd, strict=False)
     assert all(isinstance(m, RoCoFTLinear) for _, m in rocoft_layers(clone))
+
+
+@pytest.mark.parametrize("axis", ["row", "column"])
+def test_under_bf16_autocast_grads_match_a_dense_layer_under_the_same_autocast(axis):
+    torch.manual_seed(0)
+    dense = nn.Linear(24, 16)
+    ro = RoCoFTLinear(copy.deepcopy(dense), axis, torch.tensor([1, 5, 7]))
+    x = torch.randn(3, 4, 24)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y_ref, y = dense(x), ro(x)
+    assert y.dtype == y_ref.dtype == torch.bfloat16 and torch.equal(y, y_ref)
+    y_ref.float().pow(2).sum().backward()
+    y.float().pow(2).sum().backward()
+    dim = 0 if axis == "row" else 1
+    expected = dense.weight.grad.index_select(dim, ro.rocoft.index)
+    torch.testing.assert_close(ro.rocoft.weight.grad, expected, rtol=2e-2, atol=2e-2)
+    assert ro.rocoft.weight.grad.dtype == torch.float32
+
+
+def test_fp16_base_weights_train_with_fp32_master():
+    layer = nn.Linear(8, 6).to(torch.float16)
+    ro = RoCoFTLinear(layer, "column", torch.tensor([2]))
+    y = ro(torch.randn(5, 8, dtype=torch.float16))
+    y.float().sum().backward()
+    assert y.dtype == torch.float16 and ro.rocoft.weight.grad.dtype == torch.float32
+    assert torch.isfinite(ro.rocoft.weight.grad).all()
