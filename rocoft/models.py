@@ -24,6 +24,7 @@ from .errors import UserError
 HEAD_CLASSES = {
     "classification": transformers.AutoModelForSequenceClassification,
     "causal_lm": transformers.AutoModelForCausalLM,
+    "seq2seq": transformers.AutoModelForSeq2SeqLM,
 }
 
 

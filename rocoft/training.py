@@ -23,8 +23,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from .errors import UserError
-from .core import merge_rocoft, save_adapter
-from .methods import apply_method, parameter_report, rocoft_config
+from .methods import build_method
 from .models import build_model, load_tokenizer
 from .sampling import LengthGroupedBatchSampler, example_lengths, sorted_by_length
 from .tasks import build_task
@@ -127,20 +126,24 @@ def run(cfg) -> dict:
 
     # ---- model + method (seed fixes new heads' init and the rows/columns chosen)
     set_seed(cfg.seed)
+    method = build_method(cfg.method, cfg.model, task.kind, cfg.seed)
     model = build_model(cfg.model, task.kind, task.num_labels, tokenizer)
+    base_total = sum(p.numel() for p in model.parameters())
+    steps_per_epoch = math.ceil(math.ceil(len(train_loader) / accelerator.num_processes)
+                                / tcfg.gradient_accumulation_steps)
+    total_steps = tcfg.max_steps if tcfg.max_steps and tcfg.max_steps > 0 else steps_per_epoch * tcfg.epochs
     calib = DataLoader(data["train"], batch_size=tcfg.batch_size, collate_fn=collate)
-    model = apply_method(model, cfg.method, cfg.model, task.kind, cfg.seed,
-                         calibration_batches=(b for b in islice(calib, cfg.method.get("calibration_batches", 0))))
+    n_calib = cfg.method.get("calibration_batches") or 0
+    model = method.apply(model, calibration_batches=list(islice(calib, n_calib)) if n_calib else None,
+                         total_steps=total_steps)
     if tcfg.gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    params = parameter_report(model, cfg.model, task.kind)
+    params = method.parameter_report(model, base_total)
 
-    optimizer = build_optimizer(model, tcfg)
+    optimizer = method.optimizer(model, tcfg) or build_optimizer(model, tcfg)
     model, optimizer, train_loader, *loaders = accelerator.prepare(model, optimizer, train_loader,
                                                                    *eval_loaders.values())
     eval_loaders = dict(zip(eval_loaders, loaders))
-    steps_per_epoch = math.ceil(len(train_loader) / tcfg.gradient_accumulation_steps)
-    total_steps = tcfg.max_steps if tcfg.max_steps and tcfg.max_steps > 0 else steps_per_epoch * tcfg.epochs
     warmup = tcfg.warmup_steps if tcfg.warmup_steps is not None else int(tcfg.warmup_ratio * total_steps)
     scheduler = get_scheduler(tcfg.scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
 
@@ -159,6 +162,8 @@ def run(cfg) -> dict:
                 if accelerator.sync_gradients and tcfg.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), tcfg.max_grad_norm)
                 optimizer.step()
+                if accelerator.sync_gradients:
+                    method.after_step(accelerator.unwrap_model(model), step + 1)
                 optimizer.zero_grad(set_to_none=True)
             window.append(loss.detach())
             if not accelerator.sync_gradients:
@@ -191,7 +196,7 @@ def run(cfg) -> dict:
     log.close()
     metrics = {
         "model": cfg.model.name, "task": cfg.task.name, "method": cfg.method.name,
-        "rank": cfg.method.get("rank"), "seed": cfg.seed, "main_metric": task.main_metric,
+        "rank": method.rank, "seed": cfg.seed, "main_metric": task.main_metric,
         **{split: result for split, result in final.items()},
         "validation_history": history,
         "params": params,
@@ -203,21 +208,23 @@ def run(cfg) -> dict:
         "git": git_info(), "versions": package_versions(),
     }
     if main:
-        save_artifacts(accelerator.unwrap_model(model), cfg, task, run_dir)
+        save_artifacts(accelerator.unwrap_model(model), method, cfg, run_dir)
         atomic_write_json(run_dir / "metrics.json", metrics)
         print_summary(metrics, run_dir)
     accelerator.wait_for_everyone()
     return metrics
 
 
-def save_artifacts(model, cfg, task, run_dir: Path) -> None:
-    """RoCoFT runs: the adapter (trained values, indices, head) in peft format; optionally a merged model."""
-    if cfg.method.kind == "rocoft" and cfg.save.adapter:
-        config = rocoft_config(cfg.method, cfg.model, task.kind, cfg.seed)
-        save_adapter(model, config, run_dir / "adapter", base_model_name_or_path=cfg.model.get("hub_id"))
+def save_artifacts(model, method, cfg, run_dir: Path) -> None:
+    """The method's artifact in <run>/adapter (for RoCoFT: peft format); optionally a merged model."""
+    if cfg.save.adapter:
+        method.save(model, run_dir / "adapter")
     if cfg.save.merged:
-        merged = merge_rocoft(model) if cfg.method.kind == "rocoft" else model
-        merged.save_pretrained(run_dir / "merged")
+        merged = method.merged(model)
+        if merged is None:
+            print(f"note: method={method.name} cannot be merged into the weights; no merged model written")
+        else:
+            merged.save_pretrained(run_dir / "merged")
 
 
 def print_summary(metrics: dict, run_dir: Path) -> None:

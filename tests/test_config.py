@@ -14,9 +14,10 @@ def options(group):
 
 
 def test_groups_have_the_required_options():
-    assert {"minilm_l6", "tiny_encoder", "tiny_decoder"} <= set(options("model"))
+    assert {"minilm_l6", "tiny_encoder", "tiny_decoder", "tiny_seq2seq"} <= set(options("model"))
     assert {"rotten_tomatoes", "imdb"} <= set(options("task"))
-    assert {"rocoft_row", "rocoft_col", "rocoft_random", "full_ft"} <= set(options("method"))
+    assert {"rocoft_row", "rocoft_col", "rocoft_random", "full_ft", "bitfit", "ln_tuning", "lora", "adalora", "ia3",
+            "loha", "lokr", "vera", "prefix_tuning", "prompt_tuning", "lorafa"} <= set(options("method"))
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in ("model", "task", "method") for o in options(g)])
@@ -33,9 +34,11 @@ def test_every_option_composes_and_resolves(group, option):
         assert plain["task"]["kind"] in ("classification", "causal_lm")
         assert plain["task"]["split"]["seed"] is not None
     if group == "method":
-        assert plain["method"]["kind"] in ("rocoft", "full")
+        from rocoft.methods import METHODS
+
+        assert plain["method"]["kind"] in METHODS
         assert plain["train"]["lr"] == plain["method"]["lr"]
-        if plain["method"]["kind"] == "rocoft" and plain["method"]["axis"] != "entry":
+        if plain["method"].get("rank") is not None:  # the top-level rank is the method's capacity knob
             assert plain["method"]["rank"] == 2 and "_r2" in plain["output_dir"]
         if plain["method"]["kind"] == "rocoft" and plain["method"]["axis"] == "entry":
             assert 0 < plain["method"]["p"] <= 1 and f"_p{plain['method']['p']}" in plain["output_dir"]

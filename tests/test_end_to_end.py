@@ -9,7 +9,7 @@ import torch
 
 from conftest import ROOT, compose_config, small_run_overrides
 from rocoft.core import RoCoFTLinear
-from rocoft.methods import apply_method
+from rocoft.methods import build_method
 from rocoft.models import build_model, load_tokenizer
 from rocoft.training import run
 
@@ -81,7 +81,7 @@ def test_untargeted_and_frozen_entries_stay_bit_identical(tmp_path, method):
     torch.manual_seed(0)
     model = build_model(cfg.model, "classification", 2, tokenizer)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    model = apply_method(model, cfg.method, cfg.model, "classification", seed=0)
+    model = build_method(cfg.method, cfg.model, "classification", 0).apply(model)
     layers = {n: m for n, m in model.named_modules() if isinstance(m, RoCoFTLinear)}
     assert len(layers) == 2 * 6
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.05, weight_decay=0.1)
@@ -147,7 +147,7 @@ def test_seed_controls_random_rows_and_head_init():
         cfg = compose_config(["model=tiny_encoder", "method.selection=random", f"seed={seed}"])
         torch.manual_seed(seed)
         model = build_model(cfg.model, "classification", 2, load_tokenizer(cfg.model))
-        model = apply_method(model, cfg.method, cfg.model, "classification", seed=seed)
+        model = build_method(cfg.method, cfg.model, "classification", seed).apply(model)
         rows = [m.rocoft.index.tolist() for m in model.modules() if isinstance(m, RoCoFTLinear)]
         return rows, model.classifier.weight.detach().clone()
 

@@ -1,0 +1,110 @@
+"""What a fine-tuning method is to the training loop: apply it, optimise, save, load, count."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..core import RoCoFTSlice, name_matches
+from ..errors import UserError
+
+KINDS = ("classification", "causal_lm", "seq2seq")  # model-head kinds, as in rocoft.models.HEAD_CLASSES
+
+
+def plain(value):
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+class Method:
+    """One fine-tuning method configured by ``conf/method/<name>.yaml``.
+
+    Subclasses implement :meth:`apply`; the other hooks have defaults that suit most methods.
+    ``heads`` are the model's task-head patterns for this task kind: always trained fully.
+    """
+
+    #: task kinds this method supports (a clear error names the method and family otherwise)
+    supported_kinds: tuple[str, ...] = KINDS
+
+    def __init__(self, cfg, model_cfg, kind: str, seed: int):
+        self.cfg, self.model_cfg, self.kind, self.seed = cfg, model_cfg, kind, seed
+        self.name = cfg.name
+        heads = model_cfg.get("head_modules") or {}
+        self.heads = list(plain(heads.get(kind)) or [])
+        if kind not in self.supported_kinds:
+            raise UserError(f"method={self.name} does not support {kind} models ({model_cfg.name}, family "
+                            f"{model_cfg.family}); it supports: {', '.join(self.supported_kinds)}.")
+
+    @property
+    def rank(self):
+        """The capacity knob recorded in results (None where the method has none)."""
+        return self.cfg.get("rank")
+
+    def apply(self, model: nn.Module, *, calibration_batches=None, total_steps: int | None = None) -> nn.Module:
+        raise NotImplementedError
+
+    def optimizer(self, model: nn.Module, train_cfg):
+        """A method-specific optimizer, or None for the suite's AdamW."""
+        return None
+
+    def after_step(self, model: nn.Module, step: int) -> None:
+        """Called after each optimizer step, before gradients are cleared."""
+
+    def train_heads(self, model: nn.Module) -> None:
+        for n, m in model.named_modules():
+            if self.heads and name_matches(n, self.heads):
+                m.requires_grad_(True)
+
+    # ---- artifacts: by default the trainable tensors (small methods); override for others
+    def save(self, model: nn.Module, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+        save_file(state, str(directory / "trainable.safetensors"), metadata={"method": self.name})
+
+    def load(self, base: nn.Module, directory: Path) -> nn.Module:
+        """Put a saved artifact onto a fresh base model (as built by rocoft.models.build_model)."""
+        result = base.load_state_dict(load_file(str(Path(directory) / "trainable.safetensors")), strict=False)
+        if result.unexpected_keys:
+            raise UserError(f"{directory} does not fit this model: unexpected {result.unexpected_keys[:3]}")
+        return base
+
+    def merged(self, model: nn.Module) -> nn.Module | None:
+        """A plain transformers model with the update merged in (None if the method cannot merge)."""
+        return model
+
+    def parameter_report(self, model: nn.Module, base_total: int) -> dict:
+        """Trainable parameters with / without the task head, the base model's total, and the parameters
+        the method adds to the model (Table 3's APs: 0 for RoCoFT, BitFit and full fine-tuning)."""
+        slices = {id(m.weight) for m in model.modules() if isinstance(m, RoCoFTSlice)}
+        params = [(n, p) for n, p in model.named_parameters() if id(p) not in slices]
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        heads = {id(p): p for n, m in model.named_modules() if self.heads and name_matches(n, self.heads)
+                 for p in m.parameters() if p.requires_grad}
+        copies = sum(p.numel() for n, p in params if ".modules_to_save." in n)  # peft's trained head copies
+        head = sum(p.numel() for p in heads.values())
+        return {"trainable": trainable, "trainable_without_head": trainable - head, "total": base_total,
+                "additional": sum(p.numel() for _, p in params) - copies - base_total,
+                "trainable_percent": 100.0 * trainable / base_total}
+
+
+def freeze(model: nn.Module) -> None:
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+
+def require_trainable(model: nn.Module, method: Method) -> None:
+    if not any(p.requires_grad for p in model.parameters()):
+        raise UserError(f"method={method.name} leaves nothing to train in {method.model_cfg.name} (family "
+                        f"{method.model_cfg.family}, {method.kind}): the model has no parameter it trains.")
+
+
+def is_norm(module: nn.Module) -> bool:
+    """LayerNorm and the RMSNorm variants of decoder families (matched by class name)."""
+    return isinstance(module, nn.LayerNorm) or "RMSNorm" in type(module).__name__ or (
+        "LayerNorm" in type(module).__name__)
+
+
+__all__ = ["KINDS", "Method", "freeze", "is_norm", "plain", "require_trainable", "torch"]
