@@ -235,7 +235,7 @@ def print_summary(metrics: dict, run_dir: Path) -> None:
         if split in metrics:
             print(f"  {split:<10} " + "  ".join(f"{k} {v:.4f}" for k, v in metrics[split].items()))
     print(f"  trainable  {p['trainable']:,} of {p['total']:,} ({p['trainable_percent']:.3f}%), "
-          f"{p['trainable_without_head']:,} without the task head")
+          f"{p['trainable_without_head']:,} without the task head; {p['additional']:,} parameters added")
     print(f"  time       {metrics['wall_time_s']:.1f} s wall ({metrics['train_time_s']:.1f} s training), "
           f"peak memory {metrics['peak_memory_mb']:.0f} MB ({metrics['peak_memory_kind']})")
     print(f"  results    {run_dir}")

@@ -83,3 +83,10 @@ def test_unknown_method_is_a_clear_hydra_message():
     assert out.returncode != 0
     assert "Could not find 'method/no_such_method'" in out.stderr and "rocoft_row" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_learning_rate_precedence_method_then_task_then_cli():
+    assert compose_config(["method=lora"]).train.lr == compose_config(["method=lora"]).method.lr
+    cfg = compose_config(["method=lora", "+task.lr.lora=1.5e-4", "+task.lr.bitfit=3e-3"])
+    assert cfg.train.lr == 1.5e-4
+    assert compose_config(["method=lora", "+task.lr.lora=1.5e-4", "train.lr=7e-4"]).train.lr == 7e-4

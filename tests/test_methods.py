@@ -89,7 +89,7 @@ def test_method_on_family(tmp_path, method_name, model_name):
     reloaded = method.load(reloaded_base, tmp_path / "artifact").eval()
     with torch.no_grad():
         y2 = reloaded(**inputs(kind)).logits
-X
+    if method_name == "adalora":  # peft resizes a reloaded AdaLoRA to its allocated ranks: other summation order
         torch.testing.assert_close(y2, y, rtol=1e-5, atol=1e-6)
     else:
         assert torch.equal(y2, y)
