@@ -25,6 +25,7 @@ HEAD_CLASSES = {
     "classification": transformers.AutoModelForSequenceClassification,
     "causal_lm": transformers.AutoModelForCausalLM,
     "seq2seq": transformers.AutoModelForSeq2SeqLM,
+    "question_answering": transformers.AutoModelForQuestionAnswering,
 }
 
 

@@ -6,6 +6,7 @@ Accelerate handles the device, mixed precision, gradient accumulation and multi-
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections import defaultdict
@@ -69,16 +70,19 @@ def build_optimizer(model, train_cfg) -> torch.optim.Optimizer:
 
 
 @torch.no_grad()
-def evaluate(model, loader, task, accelerator, desc: str) -> dict[str, float]:
-    """Run ``task.predict_step`` over ``loader`` on every process and score the gathered outputs."""
+def evaluate(model, loader, task, accelerator, split: str):
+    """Run ``task.predict_step`` over ``loader`` on every process; score the gathered outputs.
+
+    Returns the metrics and the task's per-example records (or None)."""
     was_training = model.training
     model.eval()
     outputs = defaultdict(list)
-    for batch in tqdm(loader, desc=desc, leave=False, disable=not accelerator.is_local_main_process):
+    for batch in tqdm(loader, desc=split, leave=False, disable=not accelerator.is_local_main_process):
         for k, v in accelerator.gather_for_metrics(task.predict_step(model, batch)).items():
             outputs[k].append(v.cpu())
     model.train(was_training)
-    return task.compute_metrics({k: torch.cat(v) for k, v in outputs.items()})
+    outputs = {k: torch.cat(v) for k, v in outputs.items()}
+    return task.compute_metrics(outputs, split), task.prediction_records(outputs, split)
 
 
 def check_output_dir(run_dir: Path) -> None:
@@ -109,7 +113,7 @@ def run(cfg) -> dict:
     task = build_task(cfg.task)
     tokenizer = load_tokenizer(cfg.model)
     raw = task.splits(dcfg.max_train_samples, dcfg.max_eval_samples)
-    data = {split: task.encode(df, tokenizer, dcfg.max_length) for split, df in raw.items()}
+    data = {split: task.encode(df, tokenizer, dcfg.max_length, split) for split, df in raw.items()}
     if len(data["train"]) < tcfg.batch_size * accelerator.num_processes:
         raise UserError(f"The train split has {len(data['train'])} examples, fewer than one batch "
                         f"({tcfg.batch_size} x {accelerator.num_processes} processes); lower train.batch_size.")
@@ -122,7 +126,7 @@ def run(cfg) -> dict:
                                   generator=torch.Generator().manual_seed(cfg.seed))
     eval_loaders = {s: DataLoader(data[s], batch_size=tcfg.eval_batch_size, collate_fn=collate,
                                   sampler=sorted_by_length(example_lengths(data[s])))
-                    for s in ("validation", "test") if s in data}
+                    for s in task.eval_splits if s in data}
 
     # ---- model + method (seed fixes new heads' init and the rows/columns chosen)
     set_seed(cfg.seed)
@@ -150,6 +154,7 @@ def run(cfg) -> dict:
     # ---- train
     log = JsonlLog(run_dir / "log.jsonl", enabled=main)
     eval_every = tcfg.eval_every or steps_per_epoch
+    val_split = task.eval_splits[0]
     history, step, window = [], 0, []
     bar = tqdm(total=total_steps, desc=f"train {cfg.method.tag}", disable=not accelerator.is_local_main_process)
     model.train()
@@ -180,9 +185,9 @@ def run(cfg) -> dict:
                 log.write(step=step, epoch=round(step / steps_per_epoch, 4), loss=step_loss, lr=lr)
             bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
             bar.update(1)
-            if "validation" in eval_loaders and step % eval_every == 0 and step < total_steps:
-                result = evaluate(model, eval_loaders["validation"], task, accelerator, "validation")
-                log.write(step=step, split="validation", **result)
+            if val_split in eval_loaders and step % eval_every == 0 and step < total_steps:
+                result, _ = evaluate(model, eval_loaders[val_split], task, accelerator, val_split)
+                log.write(step=step, split=val_split, **result)
                 history.append({"step": step, **result})
             if step >= total_steps:
                 break
@@ -190,14 +195,18 @@ def run(cfg) -> dict:
     train_time = time.time() - train_start
 
     # ---- final evaluation and results
-    final = {s: evaluate(model, loader, task, accelerator, s) for s, loader in eval_loaders.items()}
-    for split, result in final.items():
-        log.write(step=step, split=split, **result)
+    final = {}
+    for split, loader in eval_loaders.items():
+        final[split], records = evaluate(model, loader, task, accelerator, split)
+        log.write(step=step, split=split, **final[split])
+        if records is not None and main:
+            atomic_write_text(run_dir / f"predictions_{split}.jsonl",
+                              "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     log.close()
     metrics = {
         "model": cfg.model.name, "task": cfg.task.name, "method": cfg.method.name,
         "rank": method.rank, "seed": cfg.seed, "main_metric": task.main_metric,
-        **{split: result for split, result in final.items()},
+        **{split: result for split, result in final.items()}, "eval_splits": list(final),
         "validation_history": history,
         "params": params,
         "steps": step, "train_examples": len(data["train"]),
@@ -231,7 +240,7 @@ def print_summary(metrics: dict, run_dir: Path) -> None:
     p = metrics["params"]
     print(f"\n{metrics['model']} / {metrics['task']} / {metrics['method']}"
           f"{'' if metrics['rank'] is None else ' r=' + str(metrics['rank'])} / seed {metrics['seed']}")
-    for split in ("validation", "test"):
+    for split in metrics.get("eval_splits", []):
         if split in metrics:
             print(f"  {split:<10} " + "  ".join(f"{k} {v:.4f}" for k, v in metrics[split].items()))
     print(f"  trainable  {p['trainable']:,} of {p['total']:,} ({p['trainable_percent']:.3f}%), "

@@ -18,7 +18,7 @@ from ..errors import UserError
 from .base import Method, plain
 
 TASK_TYPES = {"classification": TaskType.SEQ_CLS, "causal_lm": TaskType.CAUSAL_LM,
-              "seq2seq": TaskType.SEQ_2_SEQ_LM}
+              "seq2seq": TaskType.SEQ_2_SEQ_LM, "question_answering": TaskType.QUESTION_ANS}
 CONFIG_CLASSES = {"LORA": peft.LoraConfig, "ADALORA": peft.AdaLoraConfig, "IA3": peft.IA3Config,
                   "LOHA": peft.LoHaConfig, "LOKR": peft.LoKrConfig, "VERA": peft.VeraConfig,
                   "PREFIX_TUNING": peft.PrefixTuningConfig, "PROMPT_TUNING": peft.PromptTuningConfig}

@@ -25,8 +25,15 @@ class Features(Dataset):
 class Task:
     """A task: its raw splits, how to tokenise them, batch them, predict and score.
 
-    Subclasses set ``kind`` (the model head: 'classification' or 'causal_lm') and implement
-    ``encode``, ``collate``, ``predict_step`` and ``compute_metrics``.
+    Subclasses set ``kind`` (the model head: see ``rocoft.models.HEAD_CLASSES``) and implement
+    ``encode``, ``collate``, ``predict_step`` and ``compute_metrics``. The training loop:
+
+    * encodes every split with ``encode(df, tokenizer, max_length, split)``;
+    * evaluates each of ``eval_splits`` (those present) by gathering ``predict_step`` outputs over
+      all processes, then ``compute_metrics(outputs, split)``;
+    * writes ``prediction_records(outputs, split)`` (if not None) to ``<run>/predictions_<split>.jsonl``.
+
+    Tasks are plain objects usable outside the training loop (e.g. for kernel analyses).
     """
 
     kind: str = ""
@@ -40,13 +47,18 @@ class Task:
     def num_labels(self) -> int | None:
         return None
 
+    @property
+    def eval_splits(self) -> list[str]:
+        """Splits scored at the end of a run; the first is also the periodic validation split."""
+        return list(self.cfg.get("eval_splits") or ["validation", "test"])
+
     def splits(self, max_train: int | None = None, max_eval: int | None = None) -> dict:
         """Raw DataFrames per split, capped at ``max_train`` / ``max_eval`` rows."""
         raw = load_splits(self.cfg)
         seed = self.cfg.split.seed
         return {s: subsample(df, max_train if s == "train" else max_eval, seed) for s, df in raw.items()}
 
-    def encode(self, df, tokenizer, max_length: int) -> Features:
+    def encode(self, df, tokenizer, max_length: int, split: str = "train") -> Features:
         raise NotImplementedError
 
     def collate(self, tokenizer):
@@ -57,8 +69,12 @@ class Task:
         """Per-example tensors to gather across processes (first dim = batch)."""
         raise NotImplementedError
 
-    def compute_metrics(self, outputs: dict[str, torch.Tensor]) -> dict[str, float]:
+    def compute_metrics(self, outputs: dict[str, torch.Tensor], split: str = "validation") -> dict[str, float]:
         raise NotImplementedError
+
+    def prediction_records(self, outputs: dict[str, torch.Tensor], split: str) -> list[dict] | None:
+        """Per-example records (input, output, gold, ...) written next to the metrics; None = none."""
+        return None
 
     def check_columns(self, df, split: str, columns) -> None:
         missing = [c for c in columns if c not in df.columns]

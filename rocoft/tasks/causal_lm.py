@@ -17,9 +17,9 @@ class CausalLMTask(Task):
     kind = "causal_lm"
     main_metric = "perplexity"
 
-    def encode(self, df, tokenizer, max_length):
+    def encode(self, df, tokenizer, max_length, split="train"):
         field = self.cfg.text_fields[0]
-        self.check_columns(df, "data", [field])
+        self.check_columns(df, split, [field])
         enc = tokenizer(df[field].fillna("").astype(str).tolist(), truncation=True, max_length=max_length)
         return Features([{k: enc[k][i] for k in ("input_ids", "attention_mask")} for i in range(len(df))])
 
@@ -39,6 +39,6 @@ class CausalLMTask(Task):
         nll = F.cross_entropy(shift_logits.transpose(1, 2), shift_labels, ignore_index=-100, reduction="none")
         return {"nll_sum": nll.sum(1), "tokens": (shift_labels != -100).sum(1)}
 
-    def compute_metrics(self, outputs):
+    def compute_metrics(self, outputs, split="validation"):
         loss = float(outputs["nll_sum"].sum() / outputs["tokens"].sum().clamp(min=1))
         return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}

@@ -30,8 +30,7 @@ class ClassificationTask(Task):
     def num_labels(self) -> int:
         return int(self.cfg.num_labels)
 
-    def encode(self, df, tokenizer, max_length):
-        split = "data"
+    def encode(self, df, tokenizer, max_length, split="train"):
         self.check_columns(df, split, self.text_fields + [self.cfg.label_field])
         labels = df[self.cfg.label_field]
         try:
@@ -58,6 +57,6 @@ class ClassificationTask(Task):
         logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
         return {"preds": logits.argmax(-1), "labels": batch["labels"]}
 
-    def compute_metrics(self, outputs):
+    def compute_metrics(self, outputs, split="validation"):
         names = list(self.cfg.get("metrics", ["accuracy", "f1"]))
         return classification_metrics(outputs["preds"].cpu().numpy(), outputs["labels"].cpu().numpy(), names)

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 import pandas as pd
+from omegaconf import OmegaConf
 from sklearn.model_selection import train_test_split
 
 from ..errors import UserError
@@ -41,11 +42,9 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def _from_files(files) -> dict[str, pd.DataFrame]:
+    """``{split: path}``; split names are train / validation / test or a task's own eval splits."""
     if isinstance(files, str):
         files = {"train": files}
-    unknown = set(files) - set(SPLITS)
-    if unknown:
-        raise UserError(f"task.data_files has unknown split(s) {sorted(unknown)}; use {SPLITS}.")
     return {split: read_table(path) for split, path in files.items() if path}
 
 
@@ -75,8 +74,9 @@ def _from_hub(task_cfg) -> dict[str, pd.DataFrame]:
             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Offline, give local files "
             f"with columns [{columns}], e.g. task.data_files.train=train.csv "
             f"task.data_files.validation=dev.csv (csv, tsv, json, jsonl or parquet).") from None
-    names = dict(task_cfg.dataset.get("hub_splits") or {})
-    return {split: loaded[names.get(split, split)].to_pandas() for split in SPLITS
+    names = dict(task_cfg.dataset.get("hub_splits") or {})  # our split name -> the hub's
+    wanted = list(dict.fromkeys(["train", *(task_cfg.get("eval_splits") or SPLITS[1:]), *names]))
+    return {split: loaded[names.get(split, split)].to_pandas() for split in wanted
             if names.get(split, split) in loaded}
 
 
@@ -101,7 +101,8 @@ def carve_splits(splits: dict[str, pd.DataFrame], split_cfg, stratify: str | Non
 def load_splits(task_cfg) -> dict[str, pd.DataFrame]:
     """train / validation / test DataFrames for a task config."""
     if task_cfg.get("data_files"):
-        splits = _from_files(task_cfg.data_files)
+        splits = _from_files(OmegaConf.to_container(task_cfg.data_files) if OmegaConf.is_config(task_cfg.data_files)
+                             else task_cfg.data_files)
     elif task_cfg.dataset.source == "package":
         splits = _from_package(task_cfg.dataset)
     elif task_cfg.dataset.source == "hub":
