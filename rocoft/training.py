@@ -131,7 +131,7 @@ def run(cfg) -> dict:
     # ---- model + method (seed fixes new heads' init and the rows/columns chosen)
     set_seed(cfg.seed)
     method = build_method(cfg.method, cfg.model, task.kind, cfg.seed)
-    model = build_model(cfg.model, task.kind, task.num_labels, tokenizer)
+    model = build_model(cfg.model, task.kind, task.num_labels, tokenizer, dropout=cfg.get("dropout"))
     base_total = sum(p.numel() for p in model.parameters())
     steps_per_epoch = math.ceil(math.ceil(len(train_loader) / accelerator.num_processes)
                                 / tcfg.gradient_accumulation_steps)

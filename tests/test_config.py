@@ -27,11 +27,13 @@ def test_every_option_composes_and_resolves(group, option):
     assert plain[group]["name"] == option
     assert str(plain["output_dir"]).endswith("seed5")
     if group == "model":
-        assert plain["model"]["source"] in ("hub", "package", "random")
+        assert plain["model"]["source"] in ("hub", "package", "random", "gguf")
         assert plain["model"]["family"] and plain["model"]["target_modules"]
         assert plain["model"]["dtype"] in ("float32", "bfloat16", "float16")
     if group == "task":
-        assert plain["task"]["kind"] in ("classification", "causal_lm")
+        from rocoft.tasks import TASKS
+
+        assert plain["task"]["kind"] in TASKS
         assert plain["task"]["split"]["seed"] is not None
     if group == "method":
         from rocoft.methods import METHODS

@@ -51,8 +51,10 @@ def test_missing_column_and_bad_labels_are_clear(tmp_path):
         task.encode(pd.DataFrame({"sentence": ["a"], "label": [0]}), tok, 16)
     with pytest.raises(UserError, match="outside the label set"):
         task.encode(pd.DataFrame({"text": ["a", "b"], "label": [0, 2]}), tok, 16)
-    with pytest.raises(UserError, match="must be integers"):
+    with pytest.raises(UserError, match="outside the label set"):
         task.encode(pd.DataFrame({"text": ["a"], "label": ["good"]}), tok, 16)
+    with pytest.raises(UserError, match="must be integers"):
+        task.encode(pd.DataFrame({"text": ["a"], "label": [0.5]}), tok, 16)
 
 
 def test_missing_data_file_is_clear(tmp_path):

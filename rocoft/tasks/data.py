@@ -103,12 +103,16 @@ def load_splits(task_cfg) -> dict[str, pd.DataFrame]:
     if task_cfg.get("data_files"):
         splits = _from_files(OmegaConf.to_container(task_cfg.data_files) if OmegaConf.is_config(task_cfg.data_files)
                              else task_cfg.data_files)
+    elif task_cfg.dataset.source == "files":
+        raise UserError(f"Task {task_cfg.name!r} reads your own files: give at least the training file, e.g. "
+                        f"task.data_files.train=train.csv (columns {', '.join(task_cfg.get('text_fields', []))}"
+                        f"{', ' + task_cfg.label_field if task_cfg.get('label_field') else ''}).")
     elif task_cfg.dataset.source == "package":
         splits = _from_package(task_cfg.dataset)
     elif task_cfg.dataset.source == "hub":
         splits = _from_hub(task_cfg)
     else:
-        raise UserError(f"Unknown task.dataset.source {task_cfg.dataset.source!r}: use package or hub.")
+        raise UserError(f"Unknown task.dataset.source {task_cfg.dataset.source!r}: use package, hub or files.")
     for split, df in splits.items():
         if len(df) == 0:
             raise UserError(f"The {split} split of task {task_cfg.name!r} is empty.")
