@@ -37,8 +37,8 @@ def test_data_files_override_and_carving(tmp_path):
     rows = [{"text": f"review number {i}", "label": i % 2} for i in range(40)]
     train = write_csv(tmp_path / "train.csv", rows)
     test = write_csv(tmp_path / "test.csv", rows[:6])
-    cfg = compose_config(["task=rotten_tomatoes", f"+task.data_files.train={train}",
-                          f"+task.data_files.test={test}", "task.split.validation=10"]).task
+    cfg = compose_config(["task=rotten_tomatoes", f"++task.data_files.train={train}",
+                          f"++task.data_files.test={test}", "task.split.validation=10"]).task
     splits = load_splits(cfg)
     assert len(splits["test"]) == 6 and len(splits["validation"]) == 10 and len(splits["train"]) == 30
     assert splits["validation"].label.sum() == 5
@@ -58,7 +58,7 @@ def test_missing_column_and_bad_labels_are_clear(tmp_path):
 
 
 def test_missing_data_file_is_clear(tmp_path):
-    cfg = compose_config([f"+task.data_files.train={tmp_path / 'nope.csv'}"]).task
+    cfg = compose_config([f"++task.data_files.train={tmp_path / 'nope.csv'}"]).task
     with pytest.raises(UserError, match="does not exist"):
         load_splits(cfg)
 

@@ -14,7 +14,8 @@ from rocoft.methods import build_method
 from rocoft.models import build_model
 
 FAMILIES = {"tiny_encoder": "classification", "tiny_decoder": "causal_lm", "tiny_seq2seq": "seq2seq"}
-METHODS = sorted(p.stem for p in (CONF / "method").glob("*.yaml"))
+METHODS = sorted(p.stem for p in (CONF / "method").glob("*.yaml")
+                 if "defaults:" not in p.read_text())  # rank-pinned variants are the same methods
 # combinations that peft / transformers cannot run; each must fail with a clear message
 UNSUPPORTED = {("bitfit", "tiny_decoder")}  # LLaMA has no biases
 

@@ -46,7 +46,7 @@ def test_glue_pipeline_on_official_columns(tmp_path, task):
         files[split] = tmp_path / f"{split}.tsv"
         glue_rows(columns, n_labels, 20, i + 1).to_csv(files[split], sep="\t", index=False)
     overrides = small_run_overrides(tmp_path / "runs", steps=2) + [
-        "model=tiny_encoder", f"task={task}", *[f"+task.data_files.{s}={p}" for s, p in files.items()]]
+        "model=tiny_encoder", f"task={task}", *[f"++task.data_files.{s}={p}" for s, p in files.items()]]
     metrics = run(compose_config(overrides))
     assert metrics["eval_splits"] == list(cfg.task.eval_splits)
     for split in cfg.task.eval_splits:
@@ -82,14 +82,14 @@ def test_text_classification_with_label_names_inferred(tmp_path):
     path = tmp_path / "mine.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     overrides = small_run_overrides(tmp_path / "runs", steps=2) + [
-        "model=tiny_encoder", "task=text_classification", f"+task.data_files.train={path}",
+        "model=tiny_encoder", "task=text_classification", f"++task.data_files.train={path}",
         "task.text_fields=[review]", "task.label_field=sentiment"]
     metrics = run(compose_config(overrides))
     assert set(metrics["test"]) == {"accuracy", "f1"} and metrics["params"]["trainable"] > 0
     bad = tmp_path / "bad_test.csv"
     pd.DataFrame([{"review": "x", "sentiment": "meh"}]).to_csv(bad, index=False)
     with pytest.raises(UserError, match="outside the label set"):
-        run(compose_config(overrides + [f"+task.data_files.test={bad}"]))
+        run(compose_config(overrides + [f"++task.data_files.test={bad}"]))
 
 
 def test_regression_target_must_be_numeric(tmp_path):
@@ -100,8 +100,8 @@ def test_regression_target_must_be_numeric(tmp_path):
     train.to_csv(path, sep="\t", index=False)
     with pytest.raises(UserError, match="not a number"):
         run(compose_config(small_run_overrides(tmp_path) + ["model=tiny_encoder", "task=stsb",
-                                                             f"+task.data_files.train={path}",
-                                                             f"+task.data_files.validation={path}"]))
+                                                             f"++task.data_files.train={path}",
+                                                             f"++task.data_files.validation={path}"]))
 
 
 def test_metrics_against_independent_formulas():

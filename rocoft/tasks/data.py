@@ -100,9 +100,12 @@ def carve_splits(splits: dict[str, pd.DataFrame], split_cfg, stratify: str | Non
 
 def load_splits(task_cfg) -> dict[str, pd.DataFrame]:
     """train / validation / test DataFrames for a task config."""
-    if task_cfg.get("data_files"):
-        splits = _from_files(OmegaConf.to_container(task_cfg.data_files) if OmegaConf.is_config(task_cfg.data_files)
-                             else task_cfg.data_files)
+    files = task_cfg.get("data_files")
+    files = OmegaConf.to_container(files) if OmegaConf.is_config(files) else files
+    if isinstance(files, dict):
+        files = {split: path for split, path in files.items() if path}
+    if files:
+        splits = _from_files(files)
     elif task_cfg.dataset.source == "files":
         raise UserError(f"Task {task_cfg.name!r} reads your own files: give at least the training file, e.g. "
                         f"task.data_files.train=train.csv (columns {', '.join(task_cfg.get('text_fields', []))}"

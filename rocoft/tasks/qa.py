@@ -252,8 +252,8 @@ class QATask(Task):
             raise UserError(
                 f"Could not load dataset {ds.hub_id!r} for task {self.name!r} from the Hugging Face hub "
                 f"({type(e).__name__}: {first}). Offline, give local files, e.g. "
-                f"+task.data_files.train=train-v{'2.0' if self.with_negative else '1.1'}.json "
-                f"+task.data_files.validation=dev-v{'2.0' if self.with_negative else '1.1'}.json: the official "
+                f"task.data_files.train=train-v{'2.0' if self.with_negative else '1.1'}.json "
+                f"task.data_files.validation=dev-v{'2.0' if self.with_negative else '1.1'}.json: the official "
                 f"SQuAD JSON, or json/jsonl/csv/parquet with columns [id, question, context, answers] "
                 f"(answers = {{\"text\": [...], \"answer_start\": [...]}}).") from None
         names = dict(ds.get("hub_splits") or {})
@@ -329,7 +329,7 @@ class QATask(Task):
                 ids = enc["input_ids"][f]
                 cls = ids.index(tokenizer.cls_token_id) if tokenizer.cls_token_id in ids else 0
                 offsets = np.array([o if s == 1 else (-1, -1) for o, s in zip(enc["offset_mapping"][f], seq)],
-                                   dtype=np.int64).reshape(-1, 2)
+                                   dtype=np.int32).reshape(-1, 2)
                 row = {k: enc[k][f] for k in MODEL_INPUTS if k in enc}
                 feats.append((ex, windows[ex], row, offsets, cls))
                 windows[ex] += 1
