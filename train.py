@@ -3,28 +3,24 @@
     python train.py                                   # MiniLM + RoCoFT rows r=3 on Rotten Tomatoes (offline)
     python train.py model=tiny_encoder task=imdb method=rocoft_col rank=1 seed=2 train.lr=1e-3
     python train.py -m method=rocoft_row,rocoft_col rank=1,3     # a local sweep
+    python train.py -m +experiment=table1 hydra/launcher=slurm   # a paper table on a SLURM cluster
     accelerate launch train.py ...                    # several GPUs / processes
 """
 
 import os
-import sys
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> float | None:
+def main(cfg: DictConfig):
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from rocoft.errors import UserError
-    from rocoft.training import run
+    from rocoft.runs import execute
 
-    try:
-        metrics = run(cfg)
-    except UserError as e:
-        print(f"\nerror: {e}", file=sys.stderr)
-        sys.exit(2)
-    return metrics.get("validation", {}).get(metrics["main_metric"])  # the value Hydra sweepers optimise
+    return execute(cfg, multirun=HydraConfig.get().mode == RunMode.MULTIRUN)
 
 
 if __name__ == "__main__":

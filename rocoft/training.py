@@ -25,6 +25,7 @@ from transformers import get_scheduler
 
 from .errors import UserError
 from .methods import build_method
+from .runs import write_status
 from .models import build_model, load_tokenizer
 from .sampling import LengthGroupedBatchSampler, example_lengths, sorted_by_length
 from .tasks import build_task
@@ -106,7 +107,9 @@ def run(cfg) -> dict:
     run_dir = Path(cfg.output_dir)
     if main:
         check_output_dir(run_dir)
+        (run_dir / "metrics.json").unlink(missing_ok=True)  # a forced re-run: never leave stale results
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        write_status(run_dir, "running")
     tcfg, dcfg = cfg.train, cfg.data
 
     # ---- data
@@ -219,6 +222,7 @@ def run(cfg) -> dict:
     if main:
         save_artifacts(accelerator.unwrap_model(model), method, cfg, run_dir)
         atomic_write_json(run_dir / "metrics.json", metrics)
+        write_status(run_dir, "complete")
         print_summary(metrics, run_dir)
     accelerator.wait_for_everyone()
     return metrics

@@ -1,0 +1,80 @@
+"""One run's life in its directory: skip when complete, record status, keep failures visible.
+
+``<run>/status.json`` says ``running``, ``complete`` or ``failed`` (with the error and, for
+unexpected errors, the traceback). ``metrics.json`` is written last, so a run directory with it is
+complete: re-launching the same command (or sweep) skips it unless ``force=true``. A failed job of
+a sweep does not stop the others. A user error (bad config or data) of a single run leaves nothing
+half-written in results/.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from .errors import UserError
+from .utils import atomic_write_json
+
+USER_ERROR_EXIT = 2
+
+
+def write_status(run_dir: Path, status: str, **extra) -> None:
+    atomic_write_json(run_dir / "status.json", {"status": status, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                                "host": socket.gethostname(), **extra})
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _remove_partial(run_dir: Path, stop: Path) -> None:
+    """Delete a run directory this failed run created (no metrics, no checkpoints), and empty parents."""
+    if not run_dir.is_dir() or (run_dir / "metrics.json").exists() or (run_dir / "checkpoints").exists():
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    parent = run_dir.parent
+    while parent != stop and parent.is_dir() and not any(parent.iterdir()):
+        parent.rmdir()
+        parent = parent.parent
+
+
+def execute(cfg, multirun: bool = False):
+    """Run ``cfg`` unless already complete; returns the main validation metric (for Hydra sweepers)."""
+    from .training import run  # heavy imports only when a run really starts
+
+    run_dir = Path(cfg.output_dir)
+    done = read_json(run_dir / "metrics.json")
+    if done is not None and not cfg.get("force", False):
+        print(f"{run_dir} is complete: skipping (force=true re-runs it).")
+        return main_value(done)
+    try:
+        metrics = run(cfg)
+    except UserError as e:
+        print(f"\nerror: {e}", file=sys.stderr)
+        if multirun:  # keep the directory: it says why this grid point failed
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_status(run_dir, "failed", error=str(e), kind="user_error")
+            return None
+        _remove_partial(run_dir, Path(cfg.results_dir))
+        sys.exit(USER_ERROR_EXIT)
+    except Exception as e:  # noqa: BLE001 - recorded, then re-raised for single runs
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_status(run_dir, "failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
+        if multirun:
+            print(f"\nerror in {run_dir}: {type(e).__name__}: {e} (see status.json)", file=sys.stderr)
+            return None
+        raise
+    return main_value(metrics)
+
+
+def main_value(metrics: dict):
+    split = (metrics.get("eval_splits") or ["validation"])[0]
+    return (metrics.get(split) or {}).get(metrics.get("main_metric"))
