@@ -17,6 +17,7 @@ import time
 import traceback
 from pathlib import Path
 
+from .checkpoint import Preempted, StopSignals
 from .errors import UserError
 from .utils import atomic_write_json
 
@@ -57,6 +58,11 @@ def execute(cfg, multirun: bool = False):
         return main_value(done)
     try:
         metrics = run(cfg)
+    except Preempted as e:
+        write_status(run_dir, "preempted", step=e.step)
+        print(f"\n{run_dir}: {e}. Run the same command again to resume.", file=sys.stderr)
+        StopSignals.forward_to_previous(e.signum)  # e.g. submitit: requeue the job
+        sys.exit(128 + e.signum)
     except UserError as e:
         print(f"\nerror: {e}", file=sys.stderr)
         if multirun:  # keep the directory: it says why this grid point failed

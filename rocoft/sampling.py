@@ -1,4 +1,5 @@
-"""Batching by length: fewer padding tokens, same data, seeded order."""
+"""Seeded batch orders that a resumed run can reproduce exactly: the batches of epoch e depend
+only on (seed, e), so resuming = ``set_epoch(e)`` and skipping the batches already done."""
 
 from __future__ import annotations
 
@@ -10,26 +11,45 @@ def example_lengths(dataset) -> list[int]:
     return [len(row["input_ids"]) for row in dataset.rows]
 
 
-class LengthGroupedBatchSampler(Sampler[list[int]]):
+class _EpochSeeded(Sampler[list[int]]):
+    def __init__(self, n: int, batch_size: int, seed: int):
+        self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+
+    def __len__(self) -> int:
+        return -(-self.n // self.batch_size)
+
+
+class ShuffledBatchSampler(_EpochSeeded):
+    """Batches of a fresh seeded permutation each epoch."""
+
+    def __iter__(self):
+        perm = torch.randperm(self.n, generator=self.generator()).tolist()
+        for start in range(0, self.n, self.batch_size):
+            yield perm[start:start + self.batch_size]
+
+
+class LengthGroupedBatchSampler(_EpochSeeded):
     """Shuffled batches of similar-length examples (the idea of transformers' ``group_by_length``).
 
     Each epoch: a seeded permutation of all examples is cut into mega-batches of
     ``mega_batches x batch_size`` examples; each mega-batch is sorted by length (longest first)
     and cut into batches; the batches' order is shuffled again. Every example appears exactly
-    once per epoch; the order depends only on ``seed`` and the epoch number.
+    once per epoch.
     """
 
     def __init__(self, lengths: list[int], batch_size: int, seed: int, mega_batches: int = 50):
-        self.lengths, self.batch_size, self.seed, self.mega = lengths, batch_size, seed, mega_batches
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        return -(-len(self.lengths) // self.batch_size)
+        super().__init__(len(lengths), batch_size, seed)
+        self.lengths, self.mega = lengths, mega_batches
 
     def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        self.epoch += 1
-        perm = torch.randperm(len(self.lengths), generator=g).tolist()
+        g = self.generator()
+        perm = torch.randperm(self.n, generator=g).tolist()
         size = self.mega * self.batch_size
         batches = []
         for start in range(0, len(perm), size):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from collections import defaultdict
 from itertools import islice
@@ -27,7 +28,8 @@ from .errors import UserError
 from .methods import build_method
 from .runs import write_status
 from .models import build_model, load_tokenizer
-from .sampling import LengthGroupedBatchSampler, example_lengths, sorted_by_length
+from .checkpoint import Checkpointer, Preempted, StopSignals
+from .sampling import LengthGroupedBatchSampler, ShuffledBatchSampler, example_lengths, sorted_by_length
 from .tasks import build_task
 from .utils import JsonlLog, atomic_write_json, atomic_write_text, git_info, package_versions, peak_memory
 
@@ -123,11 +125,12 @@ def run(cfg) -> dict:
     collate = task.collate(tokenizer)
     if tcfg.group_by_length:
         sampler = LengthGroupedBatchSampler(example_lengths(data["train"]), tcfg.batch_size, cfg.seed)
-        train_loader = DataLoader(data["train"], batch_sampler=sampler, collate_fn=collate)
     else:
-        train_loader = DataLoader(data["train"], batch_size=tcfg.batch_size, shuffle=True, collate_fn=collate,
-                                  generator=torch.Generator().manual_seed(cfg.seed))
-    eval_loaders = {s: DataLoader(data[s], batch_size=tcfg.eval_batch_size, collate_fn=collate,
+        sampler = ShuffledBatchSampler(len(data["train"]), tcfg.batch_size, cfg.seed)
+    # every loader gets a private generator: creating an iterator then never draws from the global RNG,
+    # so dropout streams are the same whether a run is resumed or not
+    train_loader = DataLoader(data["train"], batch_sampler=sampler, collate_fn=collate, generator=torch.Generator())
+    eval_loaders = {s: DataLoader(data[s], batch_size=tcfg.eval_batch_size, collate_fn=collate, generator=torch.Generator(),
                                   sampler=sorted_by_length(example_lengths(data[s])))
                     for s in task.eval_splits if s in data}
 
@@ -139,7 +142,7 @@ def run(cfg) -> dict:
     steps_per_epoch = math.ceil(math.ceil(len(train_loader) / accelerator.num_processes)
                                 / tcfg.gradient_accumulation_steps)
     total_steps = tcfg.max_steps if tcfg.max_steps and tcfg.max_steps > 0 else steps_per_epoch * tcfg.epochs
-    calib = DataLoader(data["train"], batch_size=tcfg.batch_size, collate_fn=collate)
+    calib = DataLoader(data["train"], batch_size=tcfg.batch_size, collate_fn=collate, generator=torch.Generator())
     n_calib = cfg.method.get("calibration_batches") or 0
     model = method.apply(model, calibration_batches=list(islice(calib, n_calib)) if n_calib else None,
                          total_steps=total_steps)
@@ -154,46 +157,68 @@ def run(cfg) -> dict:
     warmup = tcfg.warmup_steps if tcfg.warmup_steps is not None else int(tcfg.warmup_ratio * total_steps)
     scheduler = get_scheduler(tcfg.scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
 
-    # ---- train
-    log = JsonlLog(run_dir / "log.jsonl", enabled=main)
+    # ---- train (resuming from the latest checkpoint of this run directory, if any)
+    ckpt = Checkpointer(run_dir / "checkpoints", keep=tcfg.keep_checkpoints, enabled=main)
+    resumed = ckpt.load_latest(accelerator.unwrap_model(model), optimizer, scheduler) if tcfg.resume else None
+    step, epoch, in_epoch, history = 0, 0, 0, []
+    if resumed:
+        step, epoch, in_epoch, history = resumed["step"], resumed["epoch"], resumed["in_epoch"], resumed["history"]
+        print(f"Resuming from {resumed['path']} (step {step})")
+    log = JsonlLog(run_dir / "log.jsonl", enabled=main, keep_until_step=step if resumed else None)
     eval_every = tcfg.eval_every or steps_per_epoch
     val_split = task.eval_splits[0]
-    history, step, window = [], 0, []
-    bar = tqdm(total=total_steps, desc=f"train {cfg.method.tag}", disable=not accelerator.is_local_main_process)
+    window = []
+    bar = tqdm(total=total_steps, initial=step, desc=f"train {cfg.method.tag}",
+               disable=not accelerator.is_local_main_process)
     model.train()
     train_start = time.time()
-    while step < total_steps:
-        for batch in train_loader:
-            with accelerator.accumulate(model):
-                loss = model(**batch).loss
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and tcfg.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), tcfg.max_grad_norm)
-                optimizer.step()
-                if accelerator.sync_gradients:
-                    method.after_step(accelerator.unwrap_model(model), step + 1)
-                optimizer.zero_grad(set_to_none=True)
-            window.append(loss.detach())
-            if not accelerator.sync_gradients:
-                continue
-            scheduler.step()
-            step += 1
-            step_loss = accelerator.reduce(torch.stack(window).mean(), reduction="mean").item()
-            window = []
-            if not math.isfinite(step_loss):
-                raise UserError(f"Training diverged: loss is {step_loss} at step {step}; lower train.lr "
-                                f"(now {tcfg.lr}).")
-            lr = scheduler.get_last_lr()[0]
-            if step % tcfg.log_every == 0 or step == total_steps:
-                log.write(step=step, epoch=round(step / steps_per_epoch, 4), loss=step_loss, lr=lr)
-            bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
-            bar.update(1)
-            if val_split in eval_loaders and step % eval_every == 0 and step < total_steps:
-                result, _ = evaluate(model, eval_loaders[val_split], task, accelerator, val_split)
-                log.write(step=step, split=val_split, **result)
-                history.append({"step": step, **result})
-            if step >= total_steps:
-                break
+    with StopSignals() as stop:
+        while step < total_steps:
+            train_loader.set_epoch(epoch)  # the prepared loader passes it on to our sampler at each __iter__
+            sampler.set_epoch(epoch)
+            batches = accelerator.skip_first_batches(train_loader, in_epoch) if in_epoch else train_loader
+            for batch in batches:
+                in_epoch += 1
+                with accelerator.accumulate(model):
+                    loss = model(**batch).loss
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and tcfg.max_grad_norm:
+                        accelerator.clip_grad_norm_(model.parameters(), tcfg.max_grad_norm)
+                    optimizer.step()
+                    if accelerator.sync_gradients:
+                        method.after_step(accelerator.unwrap_model(model), step + 1)
+                    optimizer.zero_grad(set_to_none=True)
+                window.append(loss.detach())
+                if not accelerator.sync_gradients:
+                    continue
+                scheduler.step()
+                step += 1
+                step_loss = accelerator.reduce(torch.stack(window).mean(), reduction="mean").item()
+                window = []
+                if not math.isfinite(step_loss):
+                    raise UserError(f"Training diverged: loss is {step_loss} at step {step}; lower train.lr "
+                                    f"(now {tcfg.lr}).")
+                lr = scheduler.get_last_lr()[0]
+                if step % tcfg.log_every == 0 or step == total_steps:
+                    log.write(step=step, epoch=round(step / steps_per_epoch, 4), loss=step_loss, lr=lr)
+                bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
+                bar.update(1)
+                if val_split in eval_loaders and step % eval_every == 0 and step < total_steps:
+                    result, _ = evaluate(model, eval_loaders[val_split], task, accelerator, val_split)
+                    log.write(step=step, split=val_split, **result)
+                    history.append({"step": step, **result})
+                at_end = in_epoch == len(train_loader)
+                position = {"step": step, "epoch": epoch + at_end, "in_epoch": 0 if at_end else in_epoch,
+                            "history": history}
+                if stop.received is not None or (tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0):
+                    ckpt.save(accelerator.unwrap_model(model), optimizer, scheduler, position)
+                if stop.received is not None:
+                    log.close()
+                    raise Preempted(stop.received, step)
+                if step >= total_steps:
+                    break
+            else:
+                epoch, in_epoch = epoch + 1, 0
     bar.close()
     train_time = time.time() - train_start
 
@@ -223,6 +248,7 @@ def run(cfg) -> dict:
         save_artifacts(accelerator.unwrap_model(model), method, cfg, run_dir)
         atomic_write_json(run_dir / "metrics.json", metrics)
         write_status(run_dir, "complete")
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # the run is done: results + adapter stay
         print_summary(metrics, run_dir)
     accelerator.wait_for_everyone()
     return metrics

@@ -45,13 +45,28 @@ def atomic_write_json(path, obj) -> None:
 
 
 class JsonlLog:
-    """Append-only JSON-lines log; each record is one write + flush, so a killed run loses at most the last."""
+    """Append-only JSON-lines log; each record is one write + flush, so a killed run loses at most the last.
 
-    def __init__(self, path, enabled: bool = True):
+    ``keep_until_step`` (a resumed run): keep the records up to that step and continue after them."""
+
+    def __init__(self, path, enabled: bool = True, keep_until_step: int | None = None):
         self.enabled = enabled
-        if enabled:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self.f = open(path, "w")
+        if not enabled:
+            return
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        kept = []
+        if keep_until_step is not None and path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue  # a line cut by the kill
+                if record.get("step", 0) <= keep_until_step:
+                    kept.append(line + "\n")
+        self.f = open(path, "w")
+        self.f.writelines(kept)
+        self.f.flush()
 
     def write(self, **record) -> None:
         if self.enabled:
@@ -59,7 +74,7 @@ class JsonlLog:
             self.f.flush()
 
     def close(self) -> None:
-        if self.enabled:
+        if self.enabled and not self.f.closed:
             self.f.close()
 
 

@@ -3,7 +3,7 @@
 Run from the repository root with the virtualenv active (``. .venv/bin/activate``):
 
     python scripts/bench_efficiency.py --shape roberta-base --device cpu
-    python scripts/bench_efficiency.py --shape roberta-base --device cpu --cpu-memory both
+    python scripts/bench_efficiency.py --shape roberta-base --device cpu --cpu-memory both --interleave
     python scripts/bench_efficiency.py --shape tiny --device cpu --variants frozen_floor,rocoft_row_r1,lora_r8
     python scripts/bench_efficiency.py --shape llama2-7b llama-1b roberta-base --device cuda
 
@@ -27,6 +27,11 @@ Variants (``--variants``, comma list; the floor is always added since every rati
                       the rest as a buffer, weight rebuilt with torch.cat every forward (full weight
                       gradient every step). Also torchcat_col_r<N>.
 
+Timing is noisy when other processes share the CPU (OpenMP threads oversubscribed: 3-5x slow-downs
+lasting whole variants); ``--interleave`` (CPU) builds all variants at once and alternates their steps
+so such load hits every variant alike; the tables also give min-max per variant and the ratio of the
+minimum step times (the least disturbed steps), which is the steadier figure on a shared machine.
+
 Task heads (classifier / lm_head) are frozen in every variant but full_ft, so "trainable" counts only
 the adaptation itself.
 
@@ -36,8 +41,9 @@ after the model is built). On CPU (``--cpu-memory``):
     optimizer state, inputs; shared storages once) + the peak of torch's CPU allocations during one extra
     step recorded by ``torch.profiler.profile(profile_memory=True)``. Comparable to CUDA's
     max_memory_allocated; allocations outside torch's allocator (oneDNN/BLAS scratch) are not seen.
-  * ``rss``: each variant again in a fresh subprocess (this script with ``--only VARIANT``); its
-    ``ru_maxrss`` minus its RSS just before the model was built (so Python/torch themselves are excluded).
+  * ``rss``: each variant again in a fresh subprocess (this script with ``--only VARIANT``: build + 2
+    steps); its RSS high-water (/proc/self/status VmHWM; not ru_maxrss, which Linux carries over from
+    the parent into an exec'd child) minus its RSS just before the model was built.
   * ``both``: ``profiler`` for peak_mb, plus the ``rss`` figure in ``rss_peak_mb``.  ``none``: skip.
 
 Outputs (``--out``, default results/bench): ``efficiency_<shapes>_<device>.json`` (one record per shape x
@@ -59,7 +65,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -314,21 +320,36 @@ def profiled_step_peak_bytes(step) -> int:
     return peak
 
 
-def current_rss_bytes() -> int | None:
+def _proc_status_kb(key: str) -> int | None:
     try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
     except (OSError, ValueError, IndexError):
-        try:
-            import psutil
-            return psutil.Process().memory_info().rss
-        except Exception:  # noqa: BLE001
-            return None
+        pass
+    return None
 
 
-def max_rss_bytes() -> int:
+def current_rss_bytes() -> int | None:
+    kb = _proc_status_kb("VmRSS")
+    if kb is not None:
+        return kb * 1024
+    try:
+        import psutil
+        return psutil.Process().memory_info().rss
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def peak_rss_bytes() -> int:
+    """This process's RSS high-water. VmHWM belongs to the address space created at exec; ru_maxrss would
+    NOT do: Linux carries the parent's high-water into an exec'd child's ru_maxrss."""
+    kb = _proc_status_kb("VmHWM")
+    if kb is not None:
+        return kb * 1024
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return r if sys.platform == "darwin" else r * 1024  # bytes on macOS, KiB on Linux
+    return r if sys.platform == "darwin" else r * 1024  # bytes on macOS, KiB elsewhere
 
 
 @dataclass
@@ -345,23 +366,10 @@ class Settings:
     input_seed: int = 1234
     lora_dropout: float = 0.0
     lr: float = 1e-4
-    extra: dict = field(default_factory=dict)
 
     @property
     def autocast_dtype(self):
         return torch.bfloat16 if self.autocast else None
-
-
-def _setup(settings: Settings, variant: Variant):
-    model = build_model(settings.shape, settings.device, DTYPES[settings.dtype], settings.seed)
-    total = sum(p.numel() for p in model.parameters())
-    model, targets = prepare(model, variant, settings.lora_dropout)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=settings.lr) if params else None
-    trainable = sum(p.numel() for p in params)
-    if variant.method == "rocoft":
-        assert count_parameters(model)["trainable"] == trainable
-    return model, optimizer, dict(trainable_params=trainable, total_params=total, n_targets=len(targets))
 
 
 def _free(device: torch.device) -> None:
@@ -370,53 +378,112 @@ def _free(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+class Runner:
+    """One variant's model + AdamW on the shared inputs; ``step()`` is one full training step."""
+
+    def __init__(self, settings: Settings, variant: Variant, inputs: dict):
+        self.settings, self.variant, self.inputs = settings, variant, inputs
+        model = build_model(settings.shape, settings.device, DTYPES[settings.dtype], settings.seed)
+        total = sum(p.numel() for p in model.parameters())
+        self.model, targets = prepare(model, variant, settings.lora_dropout)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=settings.lr) if params else None
+        trainable = sum(p.numel() for p in params)
+        if variant.method == "rocoft" and count_parameters(self.model)["trainable"] != trainable:
+            raise RuntimeError("rocoft.count_parameters disagrees with the parameters that require grad")
+        self.counts = dict(trainable_params=trainable, total_params=total, n_targets=len(targets),
+                           trainable_pct=100.0 * trainable / total)
+        self.times: list[float] = []
+        self.loss = None
+
+    def step(self) -> torch.Tensor:
+        s = self.settings
+        self.loss = train_step(self.model, self.inputs, self.optimizer, s.autocast_dtype, s.device)
+        return self.loss
+
+    def timed_step(self) -> None:
+        device = self.settings.device
+        _sync(device)
+        t0 = time.perf_counter()
+        self.step()
+        _sync(device)
+        self.times.append((time.perf_counter() - t0) * 1e3)
+
+    def cpu_memory(self) -> dict:
+        """Live tensor bytes now + peak torch CPU allocations during one profiled step."""
+        static = live_tensor_bytes(self.model, self.optimizer, self.inputs)
+        return {"static_mb": static / MB, "peak_mb": (static + profiled_step_peak_bytes(self.step)) / MB,
+                "memory_measure": "cpu_live_tensors+profiled_step_peak"}
+
+    def result(self) -> dict:
+        return {**self.counts, "final_loss": float(self.loss), "step_ms": statistics.median(self.times),
+                "step_ms_min": min(self.times), "step_ms_all": list(self.times)}
+
+
+def _variant_fields(variant: Variant) -> dict:
+    return {"variant": variant.name, "method": variant.method, "axis": variant.axis, "rank": variant.rank}
+
+
 def run_variant(settings: Settings, variant: Variant, inputs: dict, cpu_memory: str) -> dict:
-    """Time ``settings.repeats`` steps after ``settings.warmup`` and measure memory, in this process."""
+    """Build, warm up, time ``settings.repeats`` steps and measure memory: one variant at a time."""
     device = settings.device
     _free(device)
-    rec = {"variant": variant.name, "method": variant.method, "axis": variant.axis, "rank": variant.rank}
-    model = optimizer = None
+    rec = _variant_fields(variant)
+    runner = None
     try:
-        model, optimizer, counts = _setup(settings, variant)
-        rec.update(counts)
-        rec["trainable_pct"] = 100.0 * counts["trainable_params"] / counts["total_params"]
+        runner = Runner(settings, variant, inputs)
+        rec.update(runner.counts)
         torch.manual_seed(settings.seed)  # same dropout masks for every variant
-
-        def step():
-            return train_step(model, inputs, optimizer, settings.autocast_dtype, device)
-
         if device.type == "cuda":
             _sync(device)
             torch.cuda.reset_peak_memory_stats(device)
             rec["static_mb"] = torch.cuda.memory_allocated(device) / MB
         for _ in range(settings.warmup):
-            step()
-        times = []
+            runner.step()
         for _ in range(settings.repeats):
-            _sync(device)
-            t0 = time.perf_counter()
-            loss = step()
-            _sync(device)
-            times.append((time.perf_counter() - t0) * 1e3)
-        rec["final_loss"] = float(loss)
-        rec["step_ms"] = statistics.median(times)
-        rec["step_ms_all"] = times
+            runner.timed_step()
+        rec.update(runner.result())
         if device.type == "cuda":
             rec["peak_mb"] = torch.cuda.max_memory_allocated(device) / MB
             rec["memory_measure"] = "cuda_max_memory_allocated"
         elif cpu_memory in ("profiler", "both"):
-            static = live_tensor_bytes(model, optimizer, inputs)
-            rec["static_mb"] = static / MB
-            rec["peak_mb"] = (static + profiled_step_peak_bytes(step)) / MB
-            rec["memory_measure"] = "cpu_live_tensors+profiled_step_peak"
+            rec.update(runner.cpu_memory())
         else:
             rec["peak_mb"], rec["memory_measure"] = None, None
     except torch.cuda.OutOfMemoryError as e:  # a variant that does not fit is a result, not a crash
         rec.update(oom=True, step_ms=None, step_ms_all=[], peak_mb=None, error=str(e).splitlines()[0])
     finally:
-        del model, optimizer
+        del runner
         _free(device)
     return rec
+
+
+def run_interleaved(settings: Settings, variants: list[Variant], inputs: dict, cpu_memory: str, bar) -> list[dict]:
+    """CPU only: all variants' models at once; every round runs one step of each (rotating the order), so
+    load from other processes slows every variant alike. Memory is then measured per variant as usual."""
+    runners = []
+    for v in variants:
+        bar.set_description(f"{settings.shape.name} build {v.name}")
+        runners.append(Runner(settings, v, inputs))
+    n = len(runners)
+    for rnd in range(settings.warmup + settings.repeats):
+        bar.set_description(f"{settings.shape.name} round {rnd + 1}/{settings.warmup + settings.repeats}")
+        for k in range(n):
+            r = runners[(k + rnd) % n]
+            torch.manual_seed(settings.seed + rnd)
+            r.step() if rnd < settings.warmup else r.timed_step()
+    records = []
+    for r in runners:
+        rec = {**_variant_fields(r.variant), **r.result()}
+        if cpu_memory in ("profiler", "both"):
+            rec.update(r.cpu_memory())
+        else:
+            rec["peak_mb"], rec["memory_measure"] = None, None
+        records.append(rec)
+        bar.update(1)
+    del runners
+    _free(settings.device)
+    return records
 
 
 def rss_probe(settings: Settings, variant: Variant, steps: int = 2) -> dict:
@@ -425,13 +492,13 @@ def rss_probe(settings: Settings, variant: Variant, steps: int = 2) -> dict:
     gc.collect()
     before = current_rss_bytes()
     if before is None:
-        raise RuntimeError("cannot read this process's RSS (/proc/self/statm or psutil): use --cpu-memory profiler")
-    model, optimizer, counts = _setup(settings, variant)
+        raise RuntimeError("cannot read this process's RSS (/proc/self/status or psutil): use --cpu-memory profiler")
+    runner = Runner(settings, variant, inputs)
     torch.manual_seed(settings.seed)
     for _ in range(steps):
-        train_step(model, inputs, optimizer, settings.autocast_dtype, settings.device)
-    return dict(variant=variant.name, rss_peak_mb=(max_rss_bytes() - before) / MB, rss_before_mb=before / MB,
-                **counts)
+        runner.step()
+    return dict(variant=variant.name, rss_peak_mb=(peak_rss_bytes() - before) / MB, rss_before_mb=before / MB,
+                **runner.counts)
 
 
 def rss_in_subprocess(settings: Settings, variant: Variant, threads: int) -> dict:
@@ -461,7 +528,8 @@ def add_ratios(records: list[dict]) -> None:
         rows = [r for r in records if r["shape"] == shape]
         floor = next((r for r in rows if r["variant"] == "frozen_floor"), None)
         for r in rows:
-            for key, out in (("step_ms", "ratio_time_vs_floor"), ("peak_mb", "ratio_mem_vs_floor"),
+            for key, out in (("step_ms", "ratio_time_vs_floor"), ("step_ms_min", "ratio_min_time_vs_floor"),
+                             ("peak_mb", "ratio_mem_vs_floor"),
                              ("rss_peak_mb", "ratio_rss_vs_floor")):
                 if key not in r:
                     continue
@@ -484,22 +552,25 @@ def markdown(records: list[dict], header: dict) -> str:
         has_rss = any("rss_peak_mb" in r for r in rows)
         lines += [f"## {shape}: {r0['model_class']}, {r0['device']}, {r0['dtype']}"
                   f"{' + bf16 autocast' if r0['autocast'] else ''}, batch {r0['batch']} x seq {r0['seq_len']}, "
-                  f"median of {r0['repeats']} steps after {r0['warmup']} warm-up", "",
+                  f"median of {r0['repeats']} steps after {r0['warmup']} warm-up"
+                  f"{' (variants interleaved step by step)' if r0.get('interleaved') else ''}", "",
                   f"memory: {MEMORY_DOC.get(r0.get('memory_measure'), 'not measured')}"
                   + (f"; rss: {MEMORY_DOC['rss']}" if has_rss else ""), ""]
-        head = "| variant | trainable params | % of total | step ms (median) | min-max ms | x floor | peak MB | x floor |"
-        sep = "|---|---:|---:|---:|---:|---:|---:|---:|"
+        head = ("| variant | trainable params | % of total | step ms (median) | x floor | min-max ms | min x floor "
+                "| peak MB | x floor |")
+        sep = "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
         if has_rss:
             head += " RSS peak MB | x floor |"
             sep += "---:|---:|"
         lines += [head, sep]
         for r in rows:
             if r.get("oom"):
-                lines.append(f"| {r['variant']} | {_fmt(r.get('trainable_params'), ',d')} | | OOM | | | OOM | |")
+                lines.append(f"| {r['variant']} | {_fmt(r.get('trainable_params'), ',d')} | | OOM | | | | OOM | |")
                 continue
             t = r["step_ms_all"]
             line = (f"| {r['variant']} | {r['trainable_params']:,} | {r['trainable_pct']:.3f} | {r['step_ms']:,.1f} | "
-                    f"{min(t):,.0f}-{max(t):,.0f} | {_fmt(r.get('ratio_time_vs_floor'), '.2f')} | "
+                    f"{_fmt(r.get('ratio_time_vs_floor'), '.2f')} | {min(t):,.0f}-{max(t):,.0f} | "
+                    f"{_fmt(r.get('ratio_min_time_vs_floor'), '.2f')} | "
                     f"{_fmt(r.get('peak_mb'), ',.0f')} | {_fmt(r.get('ratio_mem_vs_floor'), '.2f')} |")
             if has_rss:
                 line += f" {_fmt(r.get('rss_peak_mb'), ',.0f')} | {_fmt(r.get('ratio_rss_vs_floor'), '.2f')} |"
@@ -512,7 +583,8 @@ MEMORY_DOC = {
     "cuda_max_memory_allocated": "torch.cuda.max_memory_allocated over warm-up + timed steps (weights included)",
     "cpu_live_tensors+profiled_step_peak": "live torch tensors before a step (weights, optimizer state, inputs) + "
                                            "peak torch CPU allocations during one profiled step",
-    "rss": "ru_maxrss of a fresh subprocess per variant minus its RSS before the model was built",
+    "rss": "RSS high-water (VmHWM) of a fresh subprocess per variant (build + 2 steps) minus its RSS before "
+           "the model was built",
 }
 
 
@@ -539,6 +611,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0, help="model init seed (same for every variant)")
     p.add_argument("--lora-dropout", type=float, default=0.0)
+    p.add_argument("--interleave", action="store_true",
+                   help="cpu only: build every variant at once and alternate their steps, so that other load on "
+                        "the machine slows all variants alike (needs memory for all models together)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     p.add_argument("--only", default=None, help=argparse.SUPPRESS)  # internal: the RSS subprocess
     return p
@@ -573,6 +648,8 @@ def resolve(args, parser) -> tuple[torch.device, list[Settings], list[Variant]]:
     if args.only is None and all(v.name != "frozen_floor" for v in variants):
         variants.insert(0, parse_variant("frozen_floor"))  # every ratio is relative to the floor
     variants.sort(key=lambda v: v.name != "frozen_floor")  # floor first
+    if args.interleave and device.type != "cpu":
+        parser.error("--interleave is for cpu: on cuda the variants would share max_memory_allocated")
     dd = DEVICE_DEFAULTS[device.type]
     settings = []
     for name in shapes:
@@ -618,29 +695,39 @@ def main(argv: list[str] | None = None) -> dict:
     cpu_memory = args.cpu_memory if device.type == "cpu" else "cuda"
     records = []
     t_start = time.perf_counter()
-    jobs = [(s, v) for s in settings for v in variants]
-    bar = tqdm(jobs, desc="bench", unit="variant", disable=args.no_progress, dynamic_ncols=True)
-    for s, v in bar:
-        bar.set_description(f"{s.shape.name} {v.name}")
-        inputs = make_inputs(s.shape, s.batch, s.seq_len, device, s.input_seed)
-        rec = {"shape": s.shape.name, "model_class": ("RobertaForSequenceClassification" if s.shape.task == "seq_cls"
-                                                      else "LlamaForCausalLM"),
-               "device": device.type, "device_name": device_name, "dtype": s.dtype, "autocast": s.autocast,
-               "batch": s.batch, "seq_len": s.seq_len, "warmup": s.warmup, "repeats": s.repeats, "threads": threads}
-        rec.update(run_variant(s, v, inputs, cpu_memory))
+    bar = tqdm(total=len(settings) * len(variants), desc="bench", unit="variant", disable=args.no_progress,
+               dynamic_ncols=True)
+    for s in settings:
+        inputs = make_inputs(s.shape, s.batch, s.seq_len, device, s.input_seed)  # the same for every variant
+        common = {"shape": s.shape.name, "model_class": ("RobertaForSequenceClassification"
+                                                         if s.shape.task == "seq_cls" else "LlamaForCausalLM"),
+                  "device": device.type, "device_name": device_name, "dtype": s.dtype, "autocast": s.autocast,
+                  "batch": s.batch, "seq_len": s.seq_len, "warmup": s.warmup, "repeats": s.repeats,
+                  "threads": threads, "interleaved": bool(args.interleave)}
+        if args.interleave:
+            shape_recs = [{**common, **r} for r in run_interleaved(s, variants, inputs, cpu_memory, bar)]
+        else:
+            shape_recs = []
+            for v in variants:
+                bar.set_description(f"{s.shape.name} {v.name}")
+                rec = {**common, **run_variant(s, v, inputs, cpu_memory)}
+                shape_recs.append(rec)
+                if rec.get("step_ms") is not None:
+                    bar.set_postfix_str(f"{rec['step_ms']:.0f} ms")
+                bar.update(1)
         del inputs
-        if cpu_memory in ("rss", "both"):
-            rss = rss_in_subprocess(s, v, threads)
-            if rss["trainable_params"] != rec["trainable_params"]:
-                raise RuntimeError(f"RSS subprocess of {v.name} trained {rss['trainable_params']} parameters, "
-                                   f"this process {rec['trainable_params']}")
-            rec["rss_peak_mb"] = rss["rss_peak_mb"]
-            if cpu_memory == "rss":
-                rec["peak_mb"], rec["memory_measure"] = rss["rss_peak_mb"], "rss"
-        rec["versions"] = ver
-        records.append(rec)
-        if rec.get("step_ms") is not None:
-            bar.set_postfix_str(f"{rec['step_ms']:.0f} ms")
+        for rec, v in zip(shape_recs, variants):
+            if cpu_memory in ("rss", "both"):
+                bar.set_description(f"{s.shape.name} rss {v.name}")
+                rss = rss_in_subprocess(s, v, threads)
+                if rss["trainable_params"] != rec["trainable_params"]:
+                    raise RuntimeError(f"RSS subprocess of {v.name} trained {rss['trainable_params']} parameters, "
+                                       f"this process {rec['trainable_params']}")
+                rec["rss_peak_mb"] = rss["rss_peak_mb"]
+                if cpu_memory == "rss":
+                    rec["peak_mb"], rec["memory_measure"] = rss["rss_peak_mb"], "rss"
+            rec["versions"] = ver
+        records += shape_recs
     bar.close()
     add_ratios(records)
 

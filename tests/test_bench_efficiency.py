@@ -78,6 +78,7 @@ def test_ratios_and_times(run):
     floor = records[0]
     assert floor["variant"] == "frozen_floor"
     assert floor["ratio_time_vs_floor"] == 1.0 and floor["ratio_mem_vs_floor"] == 1.0
+    assert floor["ratio_min_time_vs_floor"] == 1.0
     for r in records:
         assert len(r["step_ms_all"]) == 2 and all(t > 0 for t in r["step_ms_all"])
         assert r["step_ms"] > 0 and r["peak_mb"] > 0 and r["peak_mb"] >= r["static_mb"] > 0

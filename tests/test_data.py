@@ -79,6 +79,8 @@ def test_length_grouped_sampler_covers_every_example_once_and_is_seeded():
     flat = sorted(i for b in epoch0 for i in b)
     assert flat == list(range(203)) and len(epoch0) == len(s) == 26
     assert list(LengthGroupedBatchSampler(lengths, 8, seed=3, mega_batches=4)) == epoch0
+    assert list(s) == epoch0  # the order depends on (seed, epoch) only
+    s.set_epoch(1)
     assert list(s) != epoch0  # the next epoch reshuffles
     def spread(batches):
         return sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)

@@ -31,23 +31,23 @@ class _RoCoFTLinearFn(torch.autograd.Function):
     def forward(ctx, x, trained, weight, bias, index, axis):
         # ``trained`` is only an autograd handle: its values already live inside ``weight``.
         out = F.linear(x, weight, bias)  # autocast (if enabled) applies here as usual
-        ctx.axis, ctx.weight, ctx.compute_dtype = axis, weight, out.dtype
+        ctx.axis, ctx.compute_dtype = axis, out.dtype
         ctx.x_dtype, ctx.bias_dtype = x.dtype, None if bias is None else bias.dtype
         saved = None
         if ctx.needs_input_grad[1]:
             saved = x.index_select(-1, index) if axis == "column" else x  # columns: only r features
             saved = saved.to(out.dtype)
-        ctx.save_for_backward(saved, index)
+        ctx.save_for_backward(saved, index, weight)  # saved: autograd flags any in-place change before backward
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        saved, index = ctx.saved_tensors
+        saved, index, weight = ctx.saved_tensors
         g = grad_out.to(ctx.compute_dtype)
         g2 = g.reshape(-1, g.shape[-1])  # (N, d_out)
         grad_x = grad_trained = grad_bias = None
         if ctx.needs_input_grad[0]:
-            grad_x = g.matmul(ctx.weight.to(ctx.compute_dtype)).to(ctx.x_dtype)
+            grad_x = g.matmul(weight.to(ctx.compute_dtype)).to(ctx.x_dtype)
         if ctx.needs_input_grad[1]:
             x2 = saved.reshape(-1, saved.shape[-1])
             if ctx.axis == "row":  # (r, N) @ (N, d_in)
