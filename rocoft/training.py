@@ -18,6 +18,7 @@ import torch
 import transformers
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
+from accelerate.utils import DataLoaderConfiguration
 from accelerate.utils import set_seed
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
@@ -51,8 +52,11 @@ def build_accelerator(cfg) -> Accelerator:
     AcceleratorState._reset_state(reset_partial_state=not distributed)
     GradientState._reset_state()
     # cpu=True whenever no GPU is used: Accelerate then runs multi-process CPU jobs (torchrun) over gloo
+    # split_batches: train.batch_size is the global batch, split across processes, so that N processes
+    # see exactly the batches one process would
     return Accelerator(cpu=device == "cpu" or not cuda, mixed_precision=precision,
-                       gradient_accumulation_steps=cfg.train.gradient_accumulation_steps)
+                       gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
+                       dataloader_config=DataLoaderConfiguration(split_batches=True))
 
 
 def no_decay(name: str, param: torch.Tensor) -> bool:
@@ -119,9 +123,12 @@ def run(cfg) -> dict:
     tokenizer = load_tokenizer(cfg.model)
     raw = task.splits(dcfg.max_train_samples, dcfg.max_eval_samples)
     data = {split: task.encode(df, tokenizer, dcfg.max_length, split) for split, df in raw.items()}
-    if len(data["train"]) < tcfg.batch_size * accelerator.num_processes:
+    if len(data["train"]) < tcfg.batch_size:
         raise UserError(f"The train split has {len(data['train'])} examples, fewer than one batch "
-                        f"({tcfg.batch_size} x {accelerator.num_processes} processes); lower train.batch_size.")
+                        f"(train.batch_size={tcfg.batch_size}); lower train.batch_size or give more data.")
+    if tcfg.batch_size % accelerator.num_processes:
+        raise UserError(f"train.batch_size={tcfg.batch_size} is the global batch: it must be a multiple of the "
+                        f"{accelerator.num_processes} processes.")
     collate = task.collate(tokenizer)
     if tcfg.group_by_length:
         sampler = LengthGroupedBatchSampler(example_lengths(data["train"]), tcfg.batch_size, cfg.seed)

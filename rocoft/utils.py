@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import platform
@@ -35,6 +36,14 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            from .errors import UserError
+
+            raise UserError(f"The disk is full: could not write {path} ({e.strerror}). Free space or choose "
+                            f"another results_dir=...; nothing was left half-written.") from None
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -16,7 +16,7 @@ class RoCoFTMethod(Method):
         targets = self.cfg.get("target_modules") or self.model_cfg.get("target_modules")
         try:
             return RoCoFTConfig(
-                axis=self.cfg.axis, rank=int(self.cfg.get("rank") or 1), p=self.cfg.get("p"),
+                axis=self.cfg.axis, rank=1 if self.cfg.get("rank") is None else self.cfg.rank, p=self.cfg.get("p"),
                 bias=self.cfg.bias, selection=self.cfg.selection, seed=self.seed,
                 target_modules=None if targets is None else list(plain(targets)),
                 modules_to_save=self.heads or None, master_dtype=self.cfg.get("master_dtype"))

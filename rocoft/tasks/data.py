@@ -119,6 +119,11 @@ def load_splits(task_cfg) -> dict[str, pd.DataFrame]:
     for split, df in splits.items():
         if len(df) == 0:
             raise UserError(f"The {split} split of task {task_cfg.name!r} is empty.")
+    for split, df in splits.items():
+        missing = [c for c in task_cfg.get("text_fields") or [] if c not in df.columns]
+        if missing:
+            raise UserError(f"The {split} split of task {task_cfg.name!r} lacks column(s) {missing}; it has "
+                            f"{list(df.columns)}. Rename them or set task.text_fields / task.label_field.")
     if task_cfg.split.get("dedupe") and task_cfg.get("text_fields"):
         fields = list(task_cfg.text_fields)
         splits = {s: df.drop_duplicates(subset=fields).reset_index(drop=True) for s, df in splits.items()}
