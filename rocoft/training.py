@@ -6,6 +6,7 @@ Accelerate handles the device, mixed precision, gradient accumulation and multi-
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import shutil
@@ -54,7 +55,12 @@ def build_accelerator(cfg) -> Accelerator:
     # cpu=True whenever no GPU is used: Accelerate then runs multi-process CPU jobs (torchrun) over gloo
     # split_batches: train.batch_size is the global batch, split across processes, so that N processes
     # see exactly the batches one process would
-    return Accelerator(cpu=device == "cpu" or not cuda, mixed_precision=precision,
+    tracker = None
+    if cfg.logger.name == "wandb":
+        if importlib.util.find_spec("wandb") is None:
+            raise UserError("logger=wandb needs the wandb package: pip install wandb")
+        tracker = "wandb"
+    return Accelerator(cpu=device == "cpu" or not cuda, mixed_precision=precision, log_with=tracker,
                        gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
                        dataloader_config=DataLoaderConfiguration(split_batches=True))
 
@@ -117,6 +123,11 @@ def run(cfg) -> dict:
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         write_status(run_dir, "running")
     tcfg, dcfg = cfg.train, cfg.data
+    if cfg.logger.name == "wandb":
+        accelerator.init_trackers(cfg.logger.project, config=OmegaConf.to_container(cfg, resolve=True),
+                                  init_kwargs={"wandb": {"dir": str(run_dir), "entity": cfg.logger.entity,
+                                                         "tags": list(cfg.logger.tags),
+                                                         "name": "/".join(run_dir.parts[-4:])}})
 
     # ---- data
     task = build_task(cfg.task)
@@ -208,11 +219,13 @@ def run(cfg) -> dict:
                 lr = scheduler.get_last_lr()[0]
                 if step % tcfg.log_every == 0 or step == total_steps:
                     log.write(step=step, epoch=round(step / steps_per_epoch, 4), loss=step_loss, lr=lr)
+                    accelerator.log({"train/loss": step_loss, "train/lr": lr}, step=step)
                 bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
                 bar.update(1)
                 if val_split in eval_loaders and step % eval_every == 0 and step < total_steps:
                     result, _ = evaluate(model, eval_loaders[val_split], task, accelerator, val_split)
                     log.write(step=step, split=val_split, **result)
+                    accelerator.log({f"{val_split}/{k}": v for k, v in result.items()}, step=step)
                     history.append({"step": step, **result})
                 at_end = in_epoch == len(train_loader)
                 position = {"step": step, "epoch": epoch + at_end, "in_epoch": 0 if at_end else in_epoch,
@@ -234,6 +247,7 @@ def run(cfg) -> dict:
     for split, loader in eval_loaders.items():
         final[split], records = evaluate(model, loader, task, accelerator, split)
         log.write(step=step, split=split, **final[split])
+        accelerator.log({f"final/{split}/{k}": v for k, v in final[split].items()}, step=step)
         if records is not None and main:
             atomic_write_text(run_dir / f"predictions_{split}.jsonl",
                               "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
@@ -258,6 +272,7 @@ def run(cfg) -> dict:
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # the run is done: results + adapter stay
         print_summary(metrics, run_dir)
     accelerator.wait_for_everyone()
+    accelerator.end_training()
     return metrics
 
 

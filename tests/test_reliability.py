@@ -180,3 +180,17 @@ def test_disk_full_while_writing_metrics_leaves_nothing_half_written(tmp_path, c
         execute(cfg)
     assert calls["n"] == 1 and "disk is full" in capsys.readouterr().err
     assert not list((tmp_path / "results").rglob("metrics.json")) and not list((tmp_path / "results").rglob("*.tmp"))
+
+
+def test_wandb_offline_logging(tmp_path, monkeypatch):
+    from rocoft.training import run
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = compose_config(small_run_overrides(tmp_path, steps=3) + ["model=tiny_encoder", "logger=wandb"])
+    metrics = run(cfg)
+    run_dir = tmp_path.joinpath(*RUN)
+    offline = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1 and list(offline[0].glob("*.wandb"))
+    records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3] and metrics["steps"] == 3
