@@ -109,19 +109,29 @@ def cli(tmp_path, *args):
 
 @pytest.mark.parametrize("args,message", [
     (["model=no_such_model"], "Could not find 'model/no_such_model'"),
-    (["task=no_such_task"], "Could not find 'task/no_such_task'"),
     (["model=tiny_encoder", "rank=0"], "rank must be a positive integer"),
-    (["model=tiny_encoder", "rank=33"], "exceeds the row count 32"),
-    (["model=tiny_encoder", "method=rocoft_random", "method.p=1.5"], "probability p in (0, 1]"),
-    (["model=tiny_encoder", "device=cuda"], "no CUDA GPU is visible"),
-    (["model=tiny_encoder", "train.mixed_precision=fp16"], "fp16 needs a CUDA GPU"),
-    (["model=tiny_encoder", "data.max_train_samples=10", "train.batch_size=16"], "fewer than one batch"),
 ])
-def test_bad_configuration_is_one_clear_error(tmp_path, args, message):
+def test_bad_configuration_from_the_cli_is_one_clear_error(tmp_path, args, message):
     out = cli(tmp_path, *args)
     assert out.returncode != 0 and message in out.stderr, out.stderr[-2000:]
     assert "Traceback" not in out.stderr
-    assert not list((tmp_path / "results").rglob("*.json")) if (tmp_path / "results").exists() else True
+    assert not (tmp_path / "results").exists() or not any((tmp_path / "results").iterdir())
+
+
+@pytest.mark.parametrize("args,message", [
+    (["rank=33"], "exceeds the row count 32"),
+    (["method=rocoft_random", "method.p=1.5"], "probability p in (0, 1]"),
+    (["device=cuda"], "no CUDA GPU is visible"),
+    (["train.mixed_precision=fp16"], "fp16 needs a CUDA GPU"),
+    (["data.max_train_samples=10", "train.batch_size=16"], "fewer than one batch"),
+])
+def test_bad_configuration_is_one_clear_error(tmp_path, capsys, args, message):
+    overrides = [o for o in small_run_overrides(tmp_path / "results") if not o.startswith("train.batch_size")]
+    cfg = compose_config(overrides + ["model=tiny_encoder", "train.batch_size=16", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        execute(cfg)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not any((tmp_path / "results").iterdir()) if (tmp_path / "results").exists() else True
 
 
 def data_case(tmp_path, kind):
