@@ -1,5 +1,6 @@
 """Model configs: targets and heads exist in the real architectures; offline real models load."""
 
+import json
 import os
 
 import pytest
@@ -53,6 +54,17 @@ def test_smollm2_converts_once_and_trains(tmp_path, monkeypatch):
     model = build_model(cfg, "causal_lm", tokenizer=tok)
     assert type(model).__name__ == "LlamaForCausalLM" and sum(p.numel() for p in model.parameters()) > 1.3e8
     assert os.path.getmtime(folder / "config.json") == stamp  # reused, not converted again
-    metrics = run(compose_config(small_run_overrides(tmp_path / "runs", steps=2, train=16, evals=8) + [
-        "model=smollm2_135m", "task=rotten_tomatoes_lm", "data.max_length=32", "train.batch_size=4"]))
-    assert metrics["steps"] == 2 and 1 < metrics["test"]["perplexity"] < 1e4  # a real LM, not random
+    # a few training steps of a commonsense task in LLM-Adapters' format (BoolQ records)
+    records = [{"instruction": f"Please answer the following question with true or false. Question: is {w} a "
+                               f"colour?\n\nAnswer format: true/false", "input": "",
+                "output": f"the correct answer is {a}", "answer": a}
+               for w, a in [("red", "true"), ("green", "true"), ("table", "false"), ("blue", "true"),
+                            ("river", "false"), ("pink", "true"), ("chair", "false"), ("seven", "false")] * 2]
+    train, test = tmp_path / "train.json", tmp_path / "test.json"
+    train.write_text(json.dumps(records[:12]))
+    test.write_text(json.dumps(records[12:]))
+    metrics = run(compose_config(small_run_overrides(tmp_path / "runs", steps=2, train=12, evals=4) + [
+        "model=smollm2_135m", "task=boolq", f"task.data_files.train={train}", f"task.data_files.test={test}",
+        "task.split.validation=2", "data.max_length=96", "train.batch_size=2", "train.eval_batch_size=2",
+        "task.generation.max_new_tokens=6"]))
+    assert metrics["steps"] == 2 and 0 <= metrics["test"]["accuracy"] <= 100 and metrics["test"]["examples"] == 4

@@ -53,6 +53,35 @@ def test_sigterm_mid_run_then_resume_gives_the_uninterrupted_metrics(tmp_path):
     assert not (run_dir / "checkpoints").exists()  # removed once the run is complete
 
 
+def test_sigusr1_checkpoints_then_hands_the_signal_to_the_previous_handler(tmp_path):
+    """Under the SLURM launcher, submitit's SIGUSR1 handler requeues the job: ours must pass it on."""
+    import threading
+
+    from rocoft.training import run  # noqa: F401 - imported before the signal arrives
+
+    received = []
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: received.append(signum))
+    cfg = compose_config(small_run_overrides(tmp_path, steps=400, train=96) + [
+        "model=tiny_encoder", "train.batch_size=8", "train.checkpoint_every=0"])
+    log = tmp_path.joinpath(*RUN, "log.jsonl")
+
+    def send_when_training():
+        deadline = time.time() + 120
+        while time.time() < deadline and not (log.exists() and log.read_text().count('"loss"') >= 3):
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    threading.Thread(target=send_when_training, daemon=True).start()
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            execute(cfg)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert exit_info.value.code == 128 + signal.SIGUSR1 and received == [signal.SIGUSR1]
+    status = json.loads(tmp_path.joinpath(*RUN, "status.json").read_text())
+    assert status["status"] == "preempted" and list(tmp_path.joinpath(*RUN, "checkpoints").glob("step_*"))
+
+
 def test_periodic_checkpoints_keep_the_last_k(tmp_path):
     from rocoft.checkpoint import Checkpointer
 

@@ -5,6 +5,7 @@ import math
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -79,3 +80,16 @@ def test_submitit_local_launcher_runs_a_tiny_grid(tmp_path):
     runs = sorted(p.parent.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("metrics.json"))
     assert runs == [f"rotten_tomatoes/tiny_encoder/{m}/seed{s}" for m in ("bitfit", "rocoft_row_r3") for s in (0, 1)]
     assert list(tmp_path.glob(".submitit/*"))  # the jobs went through submitit
+    tables = subprocess.run([sys.executable, "scripts/tables.py", "--results", str(tmp_path), "--table", "suite",
+                             "--out", str(tmp_path / "tables"), "--no-plots", "--quiet"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert tables.returncode == 0, tables.stderr[-2000:]
+    table = (tmp_path / "tables" / "suite.md").read_text()
+    for method, label in (("rocoft_row_r3", "RoCoFT row"), ("bitfit", "BitFit")):
+        accs = [100 * json.loads((tmp_path / "rotten_tomatoes" / "tiny_encoder" / method / f"seed{s}" /
+                                  "metrics.json").read_text())["test"]["accuracy"] for s in (0, 1)]
+        row = next(line for line in table.splitlines() if line.startswith(f"| {label} "))
+        cells = [c.strip().strip("*") for c in row.split("|")]
+        assert cells[3] == "2"  # n seeds
+        mean, std = float(np.mean(accs)), float(np.std(accs, ddof=1))
+        assert f"{mean:.2f}" in row and (std == 0 or f"{std:.2f}" in row), row
