@@ -1,7 +1,6 @@
 """Every method on every model family it supports: two optimizer steps, the right parameters move,
 nothing else does, and the saved artifact reloads to the same outputs."""
 
-import copy
 
 import pytest
 import torch

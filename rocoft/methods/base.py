@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -107,4 +106,4 @@ def is_norm(module: nn.Module) -> bool:
         "LayerNorm" in type(module).__name__)
 
 
-__all__ = ["KINDS", "Method", "freeze", "is_norm", "plain", "require_trainable", "torch"]
+__all__ = ["KINDS", "Method", "freeze", "is_norm", "plain", "require_trainable"]
