@@ -652,7 +652,10 @@ SPECS: dict[int, TableSpec] = {
                   ["||K_S/||K_S||_p - K_θ/||K_θ||_p||_p for p = 1, 2; mean (std over 5 seeds).", NTK_NOTE]),
 }
 
-MEMORY_KINDS = {"cpu_max_rss": "cpu_max_rss, the process's max resident set size (not comparable to GPU memory)",
+MEMORY_KINDS = {"cpu_max_rss": "cpu_max_rss, the process's max resident set size (not comparable to GPU memory; "
+                               "in a sweep run in one process it is the maximum over the runs so far)",
+                "cpu_rss_high_water": "cpu_rss_high_water, the run's resident set size high-water mark (reset at the "
+                                      "start of each run; not comparable to GPU memory)",
                 "cuda_max_allocated": "cuda_max_allocated, torch's peak allocated GPU memory"}
 MODEL_LABEL = {"minilm_l6": "MiniLM-L6", "tiny_encoder": "tiny encoder", "tiny_decoder": "tiny decoder",
                "tiny_seq2seq": "tiny seq2seq", "smollm2_135m": "SmolLM2-135M", "roberta_base": "RoBERTa-base",

@@ -33,7 +33,8 @@ from .models import build_model, load_tokenizer
 from .checkpoint import Checkpointer, Preempted, StopSignals
 from .sampling import LengthGroupedBatchSampler, ShuffledBatchSampler, example_lengths, sorted_by_length
 from .tasks import build_task
-from .utils import JsonlLog, atomic_write_json, atomic_write_text, git_info, package_versions, peak_memory
+from .utils import (JsonlLog, atomic_write_json, atomic_write_text, git_info, package_versions, peak_memory,
+                    reset_peak_memory)
 
 
 def build_accelerator(cfg) -> Accelerator:
@@ -115,6 +116,7 @@ def run(cfg) -> dict:
     transformers.logging.set_verbosity_error()  # the load report of a new task head is expected
     transformers.utils.logging.disable_progress_bar()
     accelerator = build_accelerator(cfg)
+    reset_peak_memory(accelerator.device)
     main = accelerator.is_main_process
     run_dir = Path(cfg.output_dir)
     if main:

@@ -111,10 +111,27 @@ def package_versions() -> dict:
     return out
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a fresh peak-memory window for this run (several runs may share one process in a sweep)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:  # Linux: writing 5 to clear_refs resets the process's RSS high-water mark (VmHWM)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
 def peak_memory(device: torch.device) -> dict:
-    """Peak memory in MB: CUDA max allocated on GPU, else the process's max resident set size."""
+    """Peak memory in MB since reset_peak_memory: CUDA max allocated on GPU, else the RSS high-water mark."""
     if device.type == "cuda":
         return {"peak_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20,
                 "peak_memory_kind": "cuda_max_allocated"}
-    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"peak_memory_mb": rss_kb / 1024, "peak_memory_kind": "cpu_max_rss"}
+    try:
+        with open("/proc/self/status") as f:
+            hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+        return {"peak_memory_mb": hwm / 1024, "peak_memory_kind": "cpu_rss_high_water"}
+    except (OSError, StopIteration, ValueError):
+        rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return {"peak_memory_mb": rss_kb / 1024, "peak_memory_kind": "cpu_max_rss"}
