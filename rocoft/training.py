@@ -150,8 +150,8 @@ def run(cfg) -> dict:
     # every loader gets a private generator: creating an iterator then never draws from the global RNG,
     # so dropout streams are the same whether a run is resumed or not
     train_loader = DataLoader(data["train"], batch_sampler=sampler, collate_fn=collate, generator=torch.Generator())
-    eval_loaders = {s: DataLoader(data[s], batch_size=tcfg.eval_batch_size, collate_fn=collate, generator=torch.Generator(),
-                                  sampler=sorted_by_length(example_lengths(data[s])))
+    eval_loaders = {s: DataLoader(data[s], batch_size=tcfg.eval_batch_size, collate_fn=collate,
+                                  sampler=sorted_by_length(example_lengths(data[s])), generator=torch.Generator())
                     for s in task.eval_splits if s in data}
 
     # ---- model + method (seed fixes new heads' init and the rows/columns chosen)
@@ -159,8 +159,8 @@ def run(cfg) -> dict:
     method = build_method(cfg.method, cfg.model, task.kind, cfg.seed)
     model = build_model(cfg.model, task.kind, task.num_labels, tokenizer, dropout=cfg.get("dropout"))
     base_total = sum(p.numel() for p in model.parameters())
-    steps_per_epoch = math.ceil(math.ceil(len(train_loader) / accelerator.num_processes)
-                                / tcfg.gradient_accumulation_steps)
+    # split_batches: every process iterates all len(train_loader) batches (each a slice of the global batch)
+    steps_per_epoch = math.ceil(len(train_loader) / tcfg.gradient_accumulation_steps)
     total_steps = tcfg.max_steps if tcfg.max_steps and tcfg.max_steps > 0 else steps_per_epoch * tcfg.epochs
     calib = DataLoader(data["train"], batch_size=tcfg.batch_size, collate_fn=collate, generator=torch.Generator())
     n_calib = cfg.method.get("calibration_batches") or 0
