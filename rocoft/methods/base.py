@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..core import RoCoFTSlice, name_matches
+from ..core import count_parameters, name_matches
 from ..errors import UserError
 
 KINDS = ("classification", "causal_lm", "seq2seq", "question_answering")  # model-head kinds, as in rocoft.models.HEAD_CLASSES
@@ -77,15 +77,14 @@ class Method:
     def parameter_report(self, model: nn.Module, base_total: int) -> dict:
         """Trainable parameters with / without the task head, the base model's total, and the parameters
         the method adds to the model (Table 3's APs: 0 for RoCoFT, BitFit and full fine-tuning)."""
-        slices = {id(m.weight) for m in model.modules() if isinstance(m, RoCoFTSlice)}
-        params = [(n, p) for n, p in model.named_parameters() if id(p) not in slices]
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        counts = count_parameters(model)  # RoCoFT values counted once (they live inside their weight)
+        trainable = counts["trainable"]
         heads = {id(p): p for n, m in model.named_modules() if self.heads and name_matches(n, self.heads)
                  for p in m.parameters() if p.requires_grad}
-        copies = sum(p.numel() for n, p in params if ".modules_to_save." in n)  # peft's trained head copies
+        copies = sum(p.numel() for n, p in model.named_parameters() if ".modules_to_save." in n)  # peft head copies
         head = sum(p.numel() for p in heads.values())
         return {"trainable": trainable, "trainable_without_head": trainable - head, "total": base_total,
-                "additional": sum(p.numel() for _, p in params) - copies - base_total,
+                "additional": counts["total"] - copies - base_total,
                 "trainable_percent": 100.0 * trainable / base_total}
 
 
