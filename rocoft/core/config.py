@@ -47,6 +47,10 @@ class RoCoFTConfig(PeftConfig):
         default=None, metadata={"help": "Modules trained fully and saved with the adapter (task heads)."})
     master_dtype: str | None = field(
         default=None, metadata={"help": "dtype of the trained values; None = float32 for half-precision bases."})
+    reuse_saved_inputs: bool = field(
+        default=True, metadata={"help": "Rows: rebuild a layer's input in backward from tensors its producer already "
+                                        "saved (e.g. SwiGLU's act(gate) * up) instead of keeping a copy. Exact; "
+                                        "saves activation memory. False: always keep the input."})
 
     def __post_init__(self):
         super().__post_init__()

@@ -13,6 +13,13 @@ No full weight gradient is kept, the weight is never rebuilt per forward (the of
 :class:`RoCoFTSlice` (an fp32 master copy when the base weight is half precision) and are
 written into the frozen weight, in place, only when they changed (after an optimizer step or
 a state-dict load), so the forward is a plain ``F.linear``.
+
+The row gradient needs the whole input x, which a frozen layer would not keep. Where the op that
+produced x already keeps what x is made of for its own backward (SwiGLU's ``act(gate) * up`` keeps
+both factors; ``gelu(h)`` / ``silu(h)`` keep h), the row layer keeps references to those instead of
+x and rebuilds x in backward with the same op: bit-identical, no memory beyond the frozen floor's
+(``reuse_saved_inputs``; off under torch.compile and under saved-tensor hooks such as activation
+checkpointing, where x is simply kept).
 """
 
 from __future__ import annotations
@@ -24,25 +31,61 @@ from torch import nn
 AXES = ("row", "column", "entry")
 
 
+def _rebuild_recipe(x: torch.Tensor):
+    """``(op, tensors)`` rebuilding ``x`` exactly from tensors its producer's autograd node already
+    keeps alive, or None. Recognised producers: ``a * b`` with both factors saved (both need grad),
+    ``gelu(h)`` and ``silu(h)`` (which save h)."""
+    fn = x.grad_fn
+    if fn is None or torch.compiler.is_compiling() or torch._C._autograd._top_saved_tensors_default_hooks(False):
+        return None
+    kind = type(fn).__name__
+    try:
+        if kind == "MulBackward0":
+            a, b = fn._saved_self, fn._saved_other
+            if (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.result_type(a, b) == x.dtype
+                    and torch.broadcast_shapes(a.shape, b.shape) == x.shape):
+                return "mul", (a, b)
+        elif kind in ("GeluBackward0", "SiluBackward0"):
+            h = fn._saved_self
+            if isinstance(h, torch.Tensor) and h.dtype == x.dtype and h.shape == x.shape:
+                return (f"gelu:{fn._saved_approximate}" if kind == "GeluBackward0" else "silu"), (h,)
+    except (RuntimeError, AttributeError):  # saved values already freed or not exposed
+        pass
+    return None
+
+
+def _rebuild(op: str, parts) -> torch.Tensor:
+    with torch.autocast(parts[0].device.type, enabled=False):  # exactly the forward's op, no autocast
+        if op == "mul":
+            return parts[0] * parts[1]
+        if op == "silu":
+            return F.silu(parts[0])
+        return F.gelu(parts[0], approximate=op.split(":", 1)[1])
+
+
 class _RoCoFTLinearFn(torch.autograd.Function):
     """``F.linear`` whose backward produces grad_x, the trained values' grad and the bias grad only."""
 
     @staticmethod
-    def forward(ctx, x, trained, weight, bias, index, axis):
+    def forward(ctx, x, trained, weight, bias, index, axis, reuse_saved_inputs=True):
         # ``trained`` is only an autograd handle: its values already live inside ``weight``.
         out = F.linear(x, weight, bias)  # autocast (if enabled) applies here as usual
         ctx.axis, ctx.compute_dtype = axis, out.dtype
         ctx.x_dtype, ctx.bias_dtype = x.dtype, None if bias is None else bias.dtype
-        saved = None
+        ctx.rebuild, parts = None, (None,)
         if ctx.needs_input_grad[1]:
-            saved = x.index_select(-1, index) if axis == "column" else x  # columns: only r features
-            saved = saved.to(out.dtype)
-        ctx.save_for_backward(saved, index, weight)  # saved: autograd flags any in-place change before backward
+            recipe = _rebuild_recipe(x) if axis == "row" and reuse_saved_inputs else None
+            if recipe is not None:
+                ctx.rebuild, parts = recipe
+            else:  # columns: only the r selected features
+                parts = ((x.index_select(-1, index) if axis == "column" else x).to(out.dtype),)
+        ctx.save_for_backward(index, weight, *parts)  # autograd flags any in-place change before backward
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        saved, index, weight = ctx.saved_tensors
+        index, weight, *parts = ctx.saved_tensors
+        saved = parts[0] if ctx.rebuild is None else _rebuild(ctx.rebuild, parts).to(ctx.compute_dtype)
         g = grad_out.to(ctx.compute_dtype)
         g2 = g.reshape(-1, g.shape[-1])  # (N, d_out)
         grad_x = grad_trained = grad_bias = None
@@ -58,7 +101,7 @@ class _RoCoFTLinearFn(torch.autograd.Function):
                 grad_trained = g2.t().matmul(x2).reshape(-1).index_select(0, index)
         if ctx.needs_input_grad[3]:
             grad_bias = g2.sum(0).to(ctx.bias_dtype)
-        return grad_x, grad_trained, None, grad_bias, None, None
+        return grad_x, grad_trained, None, grad_bias, None, None, None
 
 
 class RoCoFTSlice(nn.Module):
@@ -69,9 +112,11 @@ class RoCoFTSlice(nn.Module):
         index: sorted long tensor of row / column indices, or flat entry indices (``i * d_in + j``).
         origin: the pretrained values at ``index`` (not saved: recomputed from the base on load),
             used to restore the base weight (unmerge, adapter swap).
+        reuse_saved_inputs: rows only: rebuild the input in backward from what its producer saved
+            (see the module docstring) instead of keeping it.
     """
 
-    def __init__(self, base_weight: torch.Tensor, axis: str, index, master_dtype=None):
+    def __init__(self, base_weight: torch.Tensor, axis: str, index, master_dtype=None, reuse_saved_inputs=True):
         super().__init__()
         if axis not in AXES:
             raise ValueError(f"RoCoFT axis must be one of {AXES}, got {axis!r}")
@@ -80,7 +125,7 @@ class RoCoFTSlice(nn.Module):
         if index.numel() == 0 or index.unique().numel() != index.numel() or index.min() < 0 or index.max() >= size:
             raise ValueError(f"RoCoFT needs 1..{size} distinct {axis} indices in [0, {size}), got {index.tolist()}")
         index = index.to(base_weight.device)
-        self.axis = axis
+        self.axis, self.reuse_saved_inputs = axis, bool(reuse_saved_inputs)
         if master_dtype is None:
             master_dtype = torch.float32 if base_weight.dtype in (torch.float16, torch.bfloat16) else base_weight.dtype
         self.register_buffer("index", index)
@@ -125,7 +170,8 @@ class RoCoFTSlice(nn.Module):
         self._synced_version = None
 
     def linear(self, x: torch.Tensor, base: nn.Linear) -> torch.Tensor:
-        return _RoCoFTLinearFn.apply(x, self.weight, base.weight, base.bias, self.index, self.axis)
+        return _RoCoFTLinearFn.apply(x, self.weight, base.weight, base.bias, self.index, self.axis,
+                                     self.reuse_saved_inputs)
 
     def extra_repr(self) -> str:
         return f"axis={self.axis}, n={self.rank}, dtype={self.weight.dtype}"
@@ -146,13 +192,13 @@ class RoCoFTLinear(nn.Module):
     included), so merging is just returning ``base_layer``.
     """
 
-    def __init__(self, base_layer: nn.Linear, axis: str, index, master_dtype=None):
+    def __init__(self, base_layer: nn.Linear, axis: str, index, master_dtype=None, reuse_saved_inputs=True):
         super().__init__()
         if not isinstance(base_layer, nn.Linear):
             raise TypeError(f"RoCoFT wraps nn.Linear layers, got {type(base_layer).__name__}")
         base_layer.weight.requires_grad_(False)
         self.base_layer = base_layer
-        self.rocoft = RoCoFTSlice(base_layer.weight, axis, index, master_dtype)
+        self.rocoft = RoCoFTSlice(base_layer.weight, axis, index, master_dtype, reuse_saved_inputs)
         # loading a state dict may change the indices: restore the pretrained weight first, then re-read it
         self._register_load_state_dict_pre_hook(_restore_before_load, with_module=True)
         self.register_load_state_dict_post_hook(_reset_after_load)

@@ -109,7 +109,8 @@ def apply_rocoft(model: nn.Module, config: RoCoFTConfig, calibration_batches=Non
         layer = model.get_submodule(name)
         index = choose_index(layer.weight, config, layer_generator(config.seed, name),
                              None if norms is None else norms[name])
-        _set_module(model, name, RoCoFTLinear(layer, config.axis, index, master_dtype=master))
+        _set_module(model, name, RoCoFTLinear(layer, config.axis, index, master_dtype=master,
+                                                    reuse_saved_inputs=config.reuse_saved_inputs))
         if config.bias == "rocoft_only" and layer.bias is not None:
             layer.bias.requires_grad_(True)
     if config.bias == "all":

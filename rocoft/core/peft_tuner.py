@@ -50,7 +50,8 @@ class RoCoFTLayer(nn.Module, BaseTunerLayer):
     def update_layer(self, adapter_name: str, index: torch.Tensor, config: RoCoFTConfig) -> None:
         self.write(None)  # a new adapter reads pristine pretrained values
         master = getattr(torch, config.master_dtype) if config.master_dtype else None
-        self.rocoft_slices[adapter_name] = RoCoFTSlice(self.base_layer.weight, config.axis, index, master)
+        self.rocoft_slices[adapter_name] = RoCoFTSlice(self.base_layer.weight, config.axis, index, master,
+                                                         config.reuse_saved_inputs)
         self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
 
     def write(self, adapter_name: str | None, force: bool = False) -> None:
