@@ -6,10 +6,11 @@ Run from the repository root with the virtualenv active (``. .venv/bin/activate`
     python scripts/bench_efficiency.py --shape roberta-base --device cpu --cpu-memory both --interleave
     python scripts/bench_efficiency.py --shape tiny --device cpu --variants frozen_floor,rocoft_row_r1,lora_r8
     python scripts/bench_efficiency.py --shape llama2-7b llama-1b roberta-base --device cuda
+    python scripts/bench_efficiency.py --shape llama2-7b llama-1b --estimate-memory   # no GPU needed
 
 Defaults per device (each overridable by ``--dtype/--autocast/--batch/--seq-len/--warmup/--repeats``):
 
-    cpu : float32, batch 8 x seq 128 (tiny 4 x 32, llama-1b 2 x 128), warmup 2, repeats 5
+    cpu : float32, batch 8 x seq 128 (tiny, tiny-llama 4 x 32; llama-1b 2 x 128), warmup 2, repeats 5
     cuda: llama2-7b bf16 4 x 512; llama-1b bf16 8 x 512; roberta-base fp32 + bf16 autocast 32 x 128;
           warmup 4, repeats 12
 
@@ -46,6 +47,14 @@ after the model is built). On CPU (``--cpu-memory``):
     the parent into an exec'd child) minus its RSS just before the model was built.
   * ``both``: ``profiler`` for peak_mb, plus the ``rss`` figure in ``rss_peak_mb``.  ``none``: skip.
 
+Memory estimate without a GPU (``--estimate-memory``): every variant runs 3 training steps under torch's
+FakeTensorMode on the CPU (tensors with shapes and dtypes but no data, so no arithmetic: seconds even at
+LLaMA-2-7B shape), with the CUDA defaults above (dtype, autocast, batch, sequence length). A dispatch
+mode counts every tensor storage from its creation until it is freed, rounded up to 512 bytes like
+CUDA's caching allocator; the peak is the prediction of ``max_memory_allocated`` minus what lies outside
+torch's tensors (cuBLAS workspaces, the CUDA context). Attention runs torch's CPU kernels (flash-style
+SDPA: output + log-sum-exp saved, like CUDA's flash kernel). No step times.
+
 Outputs (``--out``, default results/bench): ``efficiency_<shapes>_<device>.json`` (one record per shape x
 variant) and ``efficiency_<shapes>_<device>.md`` (tables with every figure's ratio to the frozen floor,
 also printed).
@@ -65,6 +74,7 @@ import statistics
 import subprocess
 import sys
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +88,9 @@ if str(ROOT) not in sys.path:  # allow ``python scripts/bench_efficiency.py`` wi
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+from torch.utils._pytree import tree_flatten  # noqa: E402
+from torch.utils.weak import WeakIdKeyDictionary  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from rocoft.core import RoCoFTConfig, apply_rocoft, count_parameters, find_targets  # noqa: E402
@@ -105,9 +118,9 @@ def _roberta(hidden, layers, heads, ffn, vocab):
                 bos_token_id=0, eos_token_id=2, num_labels=2)
 
 
-def _llama(hidden, layers, heads, ffn):
+def _llama(hidden, layers, heads, ffn, vocab=32000):
     return dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                num_key_value_heads=heads, intermediate_size=ffn, vocab_size=32000,
+                num_key_value_heads=heads, intermediate_size=ffn, vocab_size=vocab,
                 max_position_embeddings=4096, tie_word_embeddings=False)
 
 
@@ -120,6 +133,8 @@ SHAPES: dict[str, Shape] = {s.name: s for s in [
           {"cpu": _d("float32", False, 4, 32), "cuda": _d("float32", False, 4, 32)}),
     Shape("roberta-base", "roberta", "seq_cls", _roberta(768, 12, 12, 3072, 50265),
           {"cpu": _d("float32", False, 8, 128), "cuda": _d("float32", True, 32, 128)}),
+    Shape("tiny-llama", "llama", "causal_lm", _llama(64, 2, 4, 176, vocab=1000),
+          {"cpu": _d("float32", False, 4, 32), "cuda": _d("float32", False, 4, 32)}),
     Shape("llama-1b", "llama", "causal_lm", _llama(2048, 16, 32, 5504),
           {"cpu": _d("float32", False, 2, 128), "cuda": _d("bfloat16", False, 8, 512)}),
     Shape("llama2-7b", "llama", "causal_lm", _llama(4096, 32, 32, 11008),
@@ -513,6 +528,70 @@ def rss_in_subprocess(settings: Settings, variant: Variant, threads: int) -> dic
     raise RuntimeError(f"RSS subprocess for {variant.name} failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
 
 
+# ------------------------------------------------------------------------------ memory estimate (fake)
+class LiveStorageBytes(TorchDispatchMode):
+    """A dispatch mode that counts the bytes of live tensor storages and their peak.
+
+    Each storage counts once, from the op that created it until Python frees it (a weakref finalizer),
+    rounded up to CUDA's 512-byte allocation granularity. ``track`` adds tensors made before the mode."""
+
+    GRANULE = 512
+
+    def __init__(self):
+        super().__init__()
+        self.seen, self.current, self.peak = WeakIdKeyDictionary(), 0, 0
+
+    def track(self, t) -> None:
+        if not isinstance(t, torch.Tensor):
+            return
+        st = t.untyped_storage()
+        if st in self.seen:
+            return
+        n = -(-st.nbytes() // self.GRANULE) * self.GRANULE
+        self.seen[st] = n
+        self.current += n
+        self.peak = max(self.peak, self.current)
+        weakref.finalize(st, self._free, n)
+
+    def _free(self, n: int) -> None:
+        self.current -= n
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            self.track(t)
+        return out
+
+
+def estimate_memory(settings: Settings, variant: Variant, steps: int = 3) -> dict:
+    """Peak tensor memory of ``steps`` training steps of ``variant``, under FakeTensorMode (no arithmetic)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    model = build_model(settings.shape, torch.device("meta"), DTYPES[settings.dtype], settings.seed)
+    total = sum(p.numel() for p in model.parameters())
+    model, targets = prepare(model, variant, settings.lora_dropout)  # on meta: selection indices are real
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    shapes = {k: (v.shape, v.dtype) for k, v in make_inputs(settings.shape, settings.batch, settings.seq_len,
+                                                              torch.device("meta"), settings.input_seed).items()
+              if k != "attention_mask"}  # all ones: the same as no mask (and it needs no data-dependent check)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        model = model.to_empty(device="cpu").train()  # fake CPU tensors: shapes and dtypes, no data
+        inputs = {k: torch.empty(shape, dtype=dtype) for k, (shape, dtype) in shapes.items()}
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=settings.lr, foreach=True) if params else None  # CUDA's default
+        live = LiveStorageBytes()
+        for t in [*model.parameters(), *model.buffers(), *inputs.values()]:
+            live.track(t)
+        static = live.current
+        with live:
+            for _ in range(steps):
+                train_step(model, inputs, optimizer, settings.autocast_dtype, torch.device("cpu"))
+        peak = live.peak
+    return dict(trainable_params=trainable, total_params=total, n_targets=len(targets),
+                trainable_pct=100.0 * trainable / total, static_mb=static / MB, peak_mb=peak / MB,
+                memory_measure="fake_tensor_estimate", step_ms=None, step_ms_all=[])
+
+
 # -------------------------------------------------------------------------------------------- reports
 def versions() -> dict:
     import peft
@@ -550,12 +629,21 @@ def markdown(records: list[dict], header: dict) -> str:
         rows = [r for r in records if r["shape"] == shape]
         r0 = rows[0]
         has_rss = any("rss_peak_mb" in r for r in rows)
+        timing = (f"median of {r0['repeats']} steps after {r0['warmup']} warm-up"
+                  if r0.get("memory_measure") != "fake_tensor_estimate" else "memory estimate only, 3 steps")
         lines += [f"## {shape}: {r0['model_class']}, {r0['device']}, {r0['dtype']}"
                   f"{' + bf16 autocast' if r0['autocast'] else ''}, batch {r0['batch']} x seq {r0['seq_len']}, "
-                  f"median of {r0['repeats']} steps after {r0['warmup']} warm-up"
+                  f"{timing}"
                   f"{' (variants interleaved step by step)' if r0.get('interleaved') else ''}", "",
                   f"memory: {MEMORY_DOC.get(r0.get('memory_measure'), 'not measured')}"
                   + (f"; rss: {MEMORY_DOC['rss']}" if has_rss else ""), ""]
+        if r0.get("memory_measure") == "fake_tensor_estimate":
+            lines += ["| variant | trainable params | % of total | static MB | estimated peak MB | x floor |",
+                      "|---|---:|---:|---:|---:|---:|"]
+            lines += [f"| {r['variant']} | {r['trainable_params']:,} | {r['trainable_pct']:.3f} | {r['static_mb']:,.0f} "
+                      f"| {r['peak_mb']:,.0f} | {_fmt(r.get('ratio_mem_vs_floor'), '.3f')} |" for r in rows]
+            lines.append("")
+            continue
         head = ("| variant | trainable params | % of total | step ms (median) | x floor | min-max ms | min x floor "
                 "| peak MB | x floor |")
         sep = "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
@@ -580,6 +668,8 @@ def markdown(records: list[dict], header: dict) -> str:
 
 
 MEMORY_DOC = {
+    "fake_tensor_estimate": "predicted peak of live tensor storages (512-byte granules) over 3 steps under "
+                            "FakeTensorMode on the CPU, with the CUDA settings; no arithmetic ran (see --estimate-memory)",
     "cuda_max_memory_allocated": "torch.cuda.max_memory_allocated over warm-up + timed steps (weights included)",
     "cpu_live_tensors+profiled_step_peak": "live torch tensors before a step (weights, optimizer state, inputs) + "
                                            "peak torch CPU allocations during one profiled step",
@@ -614,6 +704,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interleave", action="store_true",
                    help="cpu only: build every variant at once and alternate their steps, so that other load on "
                         "the machine slows all variants alike (needs memory for all models together)")
+    p.add_argument("--estimate-memory", action="store_true",
+                   help="no timing: predict each variant's peak GPU tensor memory with the CUDA settings, under "
+                        "FakeTensorMode on the CPU (no arithmetic; works at llama2-7b shape without a GPU)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     p.add_argument("--only", default=None, help=argparse.SUPPRESS)  # internal: the RSS subprocess
     return p
@@ -628,8 +721,12 @@ def resolve(args, parser) -> tuple[torch.device, list[Settings], list[Variant]]:
         parser.error("--device cuda: no CUDA device is available to this torch build")
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
                           else "cpu")
+    if args.estimate_memory:
+        if args.device == "cuda" or args.interleave or args.only is not None:
+            parser.error("--estimate-memory runs on the CPU under fake tensors: drop --device cuda / --interleave")
+        device = torch.device("cpu")
     for shape in shapes:
-        if SHAPES[shape].gpu_only and device.type != "cuda":
+        if SHAPES[shape].gpu_only and device.type != "cuda" and not args.estimate_memory:
             parser.error(f"--shape {shape} is GPU only (bf16 weights alone are ~13 GB and a CPU step would take "
                          f"many minutes); run it with --device cuda on a GPU, or use llama-1b / roberta-base on CPU")
     for name, val, lo in (("--batch", args.batch, 1), ("--seq-len", args.seq_len, 1), ("--warmup", args.warmup, 0),
@@ -650,11 +747,12 @@ def resolve(args, parser) -> tuple[torch.device, list[Settings], list[Variant]]:
     variants.sort(key=lambda v: v.name != "frozen_floor")  # floor first
     if args.interleave and device.type != "cpu":
         parser.error("--interleave is for cpu: on cuda the variants would share max_memory_allocated")
-    dd = DEVICE_DEFAULTS[device.type]
+    defaults_for = "cuda" if args.estimate_memory else device.type  # the estimate predicts a GPU run
+    dd = DEVICE_DEFAULTS[defaults_for]
     settings = []
     for name in shapes:
         shape = SHAPES[name]
-        d = shape.defaults[device.type]
+        d = shape.defaults[defaults_for]
         dtype = args.dtype or d["dtype"]
         autocast = args.autocast if args.autocast is not None else (d["autocast"] and dtype == "float32")
         if autocast and dtype != "float32":
@@ -693,6 +791,8 @@ def main(argv: list[str] | None = None) -> dict:
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
     command = "python scripts/bench_efficiency.py " + " ".join(sys.argv[1:] if argv is None else argv)
     cpu_memory = args.cpu_memory if device.type == "cpu" else "cuda"
+    if args.estimate_memory:
+        cpu_memory, device_name = "none", "none (FakeTensorMode estimate on the CPU)"
     records = []
     t_start = time.perf_counter()
     bar = tqdm(total=len(settings) * len(variants), desc="bench", unit="variant", disable=args.no_progress,
@@ -704,7 +804,14 @@ def main(argv: list[str] | None = None) -> dict:
                   "device": device.type, "device_name": device_name, "dtype": s.dtype, "autocast": s.autocast,
                   "batch": s.batch, "seq_len": s.seq_len, "warmup": s.warmup, "repeats": s.repeats,
                   "threads": threads, "interleaved": bool(args.interleave)}
-        if args.interleave:
+        if args.estimate_memory:
+            common["device"] = "fake"
+            shape_recs = []
+            for v in variants:
+                bar.set_description(f"{s.shape.name} estimate {v.name}")
+                shape_recs.append({**common, **_variant_fields(v), **estimate_memory(s, v)})
+                bar.update(1)
+        elif args.interleave:
             shape_recs = [{**common, **r} for r in run_interleaved(s, variants, inputs, cpu_memory, bar)]
         else:
             shape_recs = []
@@ -732,7 +839,7 @@ def main(argv: list[str] | None = None) -> dict:
     add_ratios(records)
 
     out = Path(args.out)
-    stem = f"efficiency_{'+'.join(s.shape.name for s in settings)}_{device.type}"
+    stem = f"efficiency_{'+'.join(s.shape.name for s in settings)}_{'fake' if args.estimate_memory else device.type}"
     header = {"versions": ver, "device_name": device_name, "threads": threads, "command": command}
     table = markdown(records, header)
     table += f"\nWall time {time.perf_counter() - t_start:.0f} s; git {git_info().get('commit')}\n"
