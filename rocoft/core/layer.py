@@ -31,12 +31,18 @@ from torch import nn
 AXES = ("row", "column", "entry")
 
 
+def _saved_tensor_hooks_active() -> bool:
+    """Saved-tensor hooks (activation checkpointing, offloading) would intercept the producer's saved values."""
+    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+    return True if top is None else top(False) is not None  # unknown torch: assume hooks, keep x
+
+
 def _rebuild_recipe(x: torch.Tensor):
     """``(op, tensors)`` rebuilding ``x`` exactly from tensors its producer's autograd node already
     keeps alive, or None. Recognised producers: ``a * b`` with both factors saved (both need grad),
     ``gelu(h)`` and ``silu(h)`` (which save h)."""
     fn = x.grad_fn
-    if fn is None or torch.compiler.is_compiling() or torch._C._autograd._top_saved_tensors_default_hooks(False):
+    if fn is None or torch.compiler.is_compiling() or _saved_tensor_hooks_active():
         return None
     kind = type(fn).__name__
     try:
