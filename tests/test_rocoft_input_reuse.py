@@ -140,3 +140,14 @@ def test_tiny_llama_gradients_identical_and_down_proj_rebuilds():
     assert rebuilt == {f"model.layers.{i}.mlp.down_proj" for i in range(2)}
     assert all(op == "mul" for n, op in ops[0].items() if n in rebuilt)
     assert all(op is None for op in ops[1].values())
+
+
+@pytest.mark.parametrize("override,expected", [([], True), (["method.reuse_saved_inputs=false"], False)])
+def test_method_config_reaches_the_layers(override, expected):
+    from conftest import compose_config
+
+    from rocoft.methods import build_method
+
+    cfg = compose_config(["model=tiny_decoder", "method=rocoft_row_r3", *override])
+    method = build_method(cfg.method, cfg.model, "causal_lm", 0)
+    assert method.config().reuse_saved_inputs is expected

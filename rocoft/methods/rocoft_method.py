@@ -19,7 +19,8 @@ class RoCoFTMethod(Method):
                 axis=self.cfg.axis, rank=1 if self.cfg.get("rank") is None else self.cfg.rank, p=self.cfg.get("p"),
                 bias=self.cfg.bias, selection=self.cfg.selection, seed=self.seed,
                 target_modules=None if targets is None else list(plain(targets)),
-                modules_to_save=self.heads or None, master_dtype=self.cfg.get("master_dtype"))
+                modules_to_save=self.heads or None, master_dtype=self.cfg.get("master_dtype"),
+                reuse_saved_inputs=bool(self.cfg.get("reuse_saved_inputs", True)))
         except ValueError as e:
             raise UserError(f"method={self.name}: {e}") from None
 
