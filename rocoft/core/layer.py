@@ -18,8 +18,10 @@ The row gradient needs the whole input x, which a frozen layer would not keep. W
 produced x already keeps what x is made of for its own backward (SwiGLU's ``act(gate) * up`` keeps
 both factors; ``gelu(h)`` / ``silu(h)`` keep h), the row layer keeps references to those instead of
 x and rebuilds x in backward with the same op: bit-identical, no memory beyond the frozen floor's
-(``reuse_saved_inputs``; off under torch.compile and under saved-tensor hooks such as activation
-checkpointing, where x is simply kept).
+(``reuse_saved_inputs``; off under torch.compile, under saved-tensor hooks such as activation
+checkpointing, and when x was changed in place after it was made, where x is simply kept).
+Writes through ``.data`` escape autograd's version counters, here as everywhere in torch: edit
+activations (and trained values) through the tensors themselves.
 """
 
 from __future__ import annotations
@@ -42,8 +44,8 @@ def _rebuild_recipe(x: torch.Tensor):
     keeps alive, or None. Recognised producers: ``a * b`` with both factors saved (both need grad),
     ``gelu(h)`` and ``silu(h)`` (which save h)."""
     fn = x.grad_fn
-    if fn is None or torch.compiler.is_compiling() or _saved_tensor_hooks_active():
-        return None
+    if fn is None or x._version != 0 or torch.compiler.is_compiling() or _saved_tensor_hooks_active():
+        return None  # (a version above 0: x was changed in place, e.g. under no_grad, after its producer ran)
     kind = type(fn).__name__
     try:
         if kind == "MulBackward0":
@@ -116,8 +118,8 @@ class RoCoFTSlice(nn.Module):
     Attributes:
         weight: the trained values: (r, d_in) rows, (d_out, r) columns, or (n,) entries.
         index: sorted long tensor of row / column indices, or flat entry indices (``i * d_in + j``).
-        origin: the pretrained values at ``index`` (not saved: recomputed from the base on load),
-            used to restore the base weight (unmerge, adapter swap).
+        origin: the pretrained values at ``index`` (not saved: read from the pretrained base the
+            slice was built on), used to restore the base weight (unmerge, adapter swap, unload).
         reuse_saved_inputs: rows only: rebuild the input in backward from what its producer saved
             (see the module docstring) instead of keeping it.
     """
@@ -139,24 +141,40 @@ class RoCoFTSlice(nn.Module):
         self.weight = nn.Parameter(self.origin.to(master_dtype, copy=True))
         self._synced_version = None
 
+    def __setstate__(self, state):  # a deepcopy / unpickled copy starts new version counters: write again
+        super().__setstate__(state)
+        self._synced_version = None
+
+    def _apply(self, fn, recurse=True):
+        """Moves and casts (``model.to``, ``.half()``, ``.cuda()``) move the trained values but never lower
+        their precision: a half-precision cast of the model keeps the float32 master copy."""
+        master = self.weight.detach()
+        super()._apply(fn, recurse)
+        if self.weight.dtype != master.dtype and torch.finfo(self.weight.dtype).bits < torch.finfo(master.dtype).bits:
+            self.weight.data = master.to(self.weight.device)
+        self._synced_version = None
+        return self
+
     @property
     def rank(self) -> int:
         return self.index.numel()
 
-    def gather(self, w: torch.Tensor) -> torch.Tensor:
-        w = w.detach()
+    def gather(self, w: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        w, index = w.detach(), self.index if index is None else index.to(w.device)
         if self.axis == "entry":
-            return w.reshape(-1).index_select(0, self.index)
-        return w.index_select(0 if self.axis == "row" else 1, self.index)
+            return w.reshape(-1).index_select(0, index)
+        return w.index_select(0 if self.axis == "row" else 1, index)
 
     @torch.no_grad()
     def scatter(self, w: torch.Tensor, values: torch.Tensor) -> None:
         """Write ``values`` at ``index`` into ``w``, in place."""
         values = values.to(w.dtype)
-        if self.axis == "entry":
-            w.view(-1).index_copy_(0, self.index, values)
-        else:
+        if self.axis != "entry":
             w.index_copy_(0 if self.axis == "row" else 1, self.index, values)
+        elif w.is_contiguous():
+            w.view(-1).index_copy_(0, self.index, values)
+        else:  # a strided weight (e.g. a transposed view) has no flat view
+            w.index_put_((self.index // w.shape[1], self.index % w.shape[1]), values)
 
     def sync(self, w: torch.Tensor, force: bool = False) -> None:
         """Write the trained values into ``w`` if they changed since the last write."""
@@ -170,9 +188,9 @@ class RoCoFTSlice(nn.Module):
         self._synced_version = None
 
     @torch.no_grad()
-    def reset_origin(self, w: torch.Tensor) -> None:
-        """Re-read the pretrained values (after ``index`` was loaded) from a pristine ``w``."""
-        self.origin = self.gather(w).clone()
+    def reset_origin(self, w: torch.Tensor, origin: torch.Tensor | None = None) -> None:
+        """Re-read the pretrained values (after ``index`` was loaded) from a pristine ``w``, or take ``origin``."""
+        self.origin = (self.gather(w) if origin is None else origin).clone()
         self._synced_version = None
 
     def linear(self, x: torch.Tensor, base: nn.Linear) -> torch.Tensor:
@@ -183,12 +201,26 @@ class RoCoFTSlice(nn.Module):
         return f"axis={self.axis}, n={self.rank}, dtype={self.weight.dtype}"
 
 
-def _restore_before_load(module, *args, **kwargs):
+def origin_for_load(rocoft_slice: RoCoFTSlice, w: torch.Tensor, state_dict: dict, base_key: str, slice_prefix: str):
+    """Before ``load_state_dict`` (with the pretrained values back in ``w``): a state dict carrying both the
+    base weight (``base_key``) and this slice holds the *trained* values at the slice's indices inside that
+    base weight, so the pretrained values are read now, from ``w``. Otherwise None: they are read after
+    the load, from the loaded base weight (an adapter loaded onto a fresh base, or a new base)."""
+    if base_key not in state_dict or slice_prefix + "weight" not in state_dict:
+        return None
+    index = torch.as_tensor(state_dict.get(slice_prefix + "index", rocoft_slice.index), dtype=torch.long)
+    return rocoft_slice.gather(w, index)
+
+
+def _restore_before_load(module, state_dict, prefix, *args, **kwargs):
     module.rocoft.restore(module.base_layer.weight)
+    module._pending_origin = origin_for_load(module.rocoft, module.base_layer.weight, state_dict,
+                                             prefix + "base_layer.weight", prefix + "rocoft.")
 
 
 def _reset_after_load(module, incompatible_keys):
-    module.rocoft.reset_origin(module.base_layer.weight)
+    module.rocoft.reset_origin(module.base_layer.weight, getattr(module, "_pending_origin", None))
+    module._pending_origin = None
 
 
 class RoCoFTLinear(nn.Module):

@@ -12,8 +12,35 @@ from .targets import default_targets, name_matches
 
 
 def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+    """Put ``new`` at ``name``, and everywhere else the module at ``name`` is registered (one module
+    reused under several names must train as one)."""
+    replace_everywhere(model, model.get_submodule(name), new)
+
+
+def replace_everywhere(model: nn.Module, old: nn.Module, new: nn.Module) -> None:
+    """Every registration of ``old`` in ``model`` (except inside ``new``, which may wrap it) becomes ``new``."""
+    inside_new = {id(m) for m in new.modules()}
+    for parent in list(model.modules()):
+        if id(parent) in inside_new:
+            continue
+        for child, module in list(parent._modules.items()):
+            if module is old:
+                setattr(parent, child, new)
+
+
+def check_untied(model: nn.Module, names) -> None:
+    """RoCoFT writes trained values into the weight in place: a weight that another module also uses
+    (tied embeddings and LM head, shared projections) would be trained through one of them only."""
+    owners: dict[int, set[int]] = {}
+    for module in model.modules():
+        for p in module._parameters.values():
+            if p is not None:
+                owners.setdefault(id(p), set()).add(id(module))
+    for name in names:
+        weight = model.get_submodule(name).weight
+        if len(owners.get(id(weight), ())) > 1:
+            raise ValueError(f"RoCoFT target {name!r} shares its weight with another module (tied weights): untie "
+                             f"them first (e.g. config.tie_word_embeddings=False) or leave {name!r} out of the targets")
 
 
 def target_patterns(model: nn.Module, config: RoCoFTConfig):
@@ -22,9 +49,16 @@ def target_patterns(model: nn.Module, config: RoCoFTConfig):
     return default_targets(getattr(getattr(model, "config", None), "model_type", None))
 
 
+def in_saved_module(name: str, modules_to_save) -> bool:
+    """True if ``name`` or a module containing it is trained fully (``modules_to_save``)."""
+    parts = name.split(".")
+    return bool(modules_to_save) and any(name_matches(".".join(parts[:i]), modules_to_save)
+                                         for i in range(1, len(parts) + 1))
+
+
 def is_target(name: str, module: nn.Module, patterns, config: RoCoFTConfig) -> bool:
     return (isinstance(module, nn.Linear) and name_matches(name, patterns)
-            and not name_matches(name, config.exclude_modules) and not name_matches(name, config.modules_to_save))
+            and not name_matches(name, config.exclude_modules) and not in_saved_module(name, config.modules_to_save))
 
 
 def find_targets(model: nn.Module, config: RoCoFTConfig) -> list[str]:
@@ -33,6 +67,7 @@ def find_targets(model: nn.Module, config: RoCoFTConfig) -> list[str]:
     names = [n for n, m in model.named_modules() if is_target(n, m, patterns, config)]
     if not names:
         raise ValueError(f"RoCoFT target patterns {patterns} matched no nn.Linear layer of {type(model).__name__}")
+    check_untied(model, names)
     return names
 
 

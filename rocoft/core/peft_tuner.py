@@ -23,8 +23,8 @@ from peft.utils.peft_types import register_peft_method
 from torch import nn
 
 from .config import RoCoFTConfig, _ensure_peft_type
-from .layer import RoCoFTSlice
-from .model import choose_index, layer_generator, target_patterns
+from .layer import RoCoFTSlice, origin_for_load
+from .model import check_untied, choose_index, in_saved_module, layer_generator, replace_everywhere, target_patterns
 from .selection import SCORED
 from .targets import FAMILY_TARGETS, name_matches
 
@@ -53,6 +53,12 @@ class RoCoFTLayer(nn.Module, BaseTunerLayer):
         self.rocoft_slices[adapter_name] = RoCoFTSlice(self.base_layer.weight, config.axis, index, master,
                                                          config.reuse_saved_inputs)
         self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        if self._written == adapter_name:
+            self.write(None)  # its values leave the weight with it
+        super().delete_adapter(adapter_name)
+        self.write(self._single_active())
 
     def write(self, adapter_name: str | None, force: bool = False) -> None:
         """Make ``base_layer.weight`` hold ``adapter_name``'s values (None: the pretrained ones)."""
@@ -115,13 +121,19 @@ class RoCoFTLayer(nn.Module, BaseTunerLayer):
         return "rocoft." + super().__repr__()
 
 
-def _restore_before_load(module: RoCoFTLayer, *args, **kwargs):
+def _restore_before_load(module: RoCoFTLayer, state_dict, prefix, *args, **kwargs):
     module.write(None)
+    w = module.base_layer.weight
+    module._pending_origins = {name: origin_for_load(s, w, state_dict, prefix + "base_layer.weight",
+                                                     f"{prefix}rocoft_slices.{name}.")
+                               for name, s in module.rocoft_slices.items()}
 
 
 def _reset_after_load(module: RoCoFTLayer, incompatible_keys):
-    for s in module.rocoft_slices.values():
-        s.reset_origin(module.base_layer.weight)
+    pending = getattr(module, "_pending_origins", None) or {}
+    for name, s in module.rocoft_slices.items():
+        s.reset_origin(module.base_layer.weight, pending.get(name))
+    module._pending_origins = None
 
 
 class RoCoFTModel(BaseTuner):
@@ -143,7 +155,8 @@ class RoCoFTModel(BaseTuner):
 
     @staticmethod
     def _check_target_module_exists(peft_config: RoCoFTConfig, key: str) -> bool:
-        return name_matches(key, peft_config.target_modules) and not name_matches(key, peft_config.exclude_modules)
+        return (name_matches(key, peft_config.target_modules) and not name_matches(key, peft_config.exclude_modules)
+                and not in_saved_module(key, peft_config.modules_to_save))
 
     def _create_and_replace(self, peft_config, adapter_name, target, target_name, parent, current_key, **kwargs):
         generator = layer_generator(peft_config.seed, current_key)
@@ -153,6 +166,7 @@ class RoCoFTModel(BaseTuner):
         config = peft_config
         if config.selection in SCORED and config.axis != "entry":
             config = RoCoFTConfig(**{**config.to_dict(), "selection": "first", "peft_type": None})
+        check_untied(self.model, [current_key])
         index = choose_index(base.weight, config, generator)
         if isinstance(target, RoCoFTLayer):
             target.update_layer(adapter_name, index, peft_config)
@@ -161,6 +175,15 @@ class RoCoFTModel(BaseTuner):
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)
         self._replace_module(parent, target_name, new_module, target)
+        replace_everywhere(self.model, target, new_module)  # the same layer registered under other names too
+
+    def _unload_and_optionally_merge(self, merge=True, *args, **kwargs):
+        if not merge:  # the base layers leave holding their pretrained weights
+            for module in self.model.modules():
+                if isinstance(module, RoCoFTLayer):
+                    module.merged_adapters.clear()
+                    module.write(None)
+        return super()._unload_and_optionally_merge(merge, *args, **kwargs)
 
     def set_adapter(self, adapter_name, inference_mode: bool = False) -> None:
         super().set_adapter(adapter_name, inference_mode=inference_mode)
