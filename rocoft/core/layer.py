@@ -98,7 +98,7 @@ class _RoCoFTLinearFn(torch.autograd.Function):
         g2 = g.reshape(-1, g.shape[-1])  # (N, d_out)
         grad_x = grad_trained = grad_bias = None
         if ctx.needs_input_grad[0]:
-            grad_x = g.matmul(weight.to(ctx.compute_dtype)).to(ctx.x_dtype)
+            grad_x = g2.mm(weight.to(ctx.compute_dtype)).view(*g.shape[:-1], weight.shape[1]).to(ctx.x_dtype)
         if ctx.needs_input_grad[1]:
             x2 = saved.reshape(-1, saved.shape[-1])
             if ctx.axis == "row":  # (r, N) @ (N, d_in)
