@@ -606,10 +606,10 @@ SPECS: dict[int, TableSpec] = {
                             Col("BART #TTPs (M)", None, "trainable_params", "bart_large", 3),
                             Col("XSum R-1", "xsum", "rouge1", "bart_large"),
                             Col("XSum R-2", "xsum", "rouge2", "bart_large"),
-                            Col("XSum R-L", "xsum", "rougeL", "bart_large"),
+                            Col("XSum R-L", "xsum", "rougeLsum", "bart_large"),
                             Col("CNN/DM R-1", "cnn_dailymail", "rouge1", "bart_large"),
                             Col("CNN/DM R-2", "cnn_dailymail", "rouge2", "bart_large"),
-                            Col("CNN/DM R-L", "cnn_dailymail", "rougeL", "bart_large")], block="none")],
+                            Col("CNN/DM R-L", "cnn_dailymail", "rougeLsum", "bart_large")], block="none")],
                  ["Split: SQuAD validation (the official dev sets); XSum / CNN-DailyMail test when the run has "
                   "it, else validation. #TTPs: paper as printed; suite = params.trainable (with the QA head).",
                   "The paper does not state RoCoFT's rank in Table 7 (Table 10 lists rank 3): the suite's rank "

@@ -96,3 +96,41 @@ def test_classification_metrics_against_hand_computed_values():
     assert m["accuracy"] == pytest.approx(3 / 5)
     assert m["f1"] == pytest.approx(2 * 2 / (2 * 2 + 1 + 1))
     assert m["matthews_corr"] == pytest.approx((2 * 1 - 1 * 1) / (3 * 3 * 2 * 2) ** 0.5)
+
+
+def test_tsv_and_csv_keep_quotes_and_na_words(tmp_path):
+    from rocoft.tasks.data import read_table
+
+    tsv = tmp_path / "train.tsv"
+    tsv.write_text('question1\tquestion2\tlabel\n"Why is the sky blue?\tNA\t1\n'
+                   'he said "yes" twice\tnull\t0\nplain\tNone\t1\nlast\tN/A\t0\n')
+    df = read_table(tsv)
+    assert len(df) == 4  # pandas' default quoting would swallow rows after the unbalanced quote
+    assert df["question1"].tolist()[:2] == ['"Why is the sky blue?', 'he said "yes" twice']
+    assert df["question2"].tolist() == ["NA", "null", "None", "N/A"]
+    csv_path = tmp_path / "train.csv"
+    csv_path.write_text('text,label\n"a, quoted, text",1\nNA,0\n')
+    assert read_table(csv_path)["text"].tolist() == ["a, quoted, text", "NA"]
+
+
+def test_fractional_carving_is_a_fraction_of_the_whole_file():
+    from omegaconf import OmegaConf
+
+    from rocoft.tasks.data import carve_splits
+
+    df = pd.DataFrame({"text": [f"t{i}" for i in range(1000)], "label": [i % 2 for i in range(1000)]})
+    out = carve_splits({"train": df}, OmegaConf.create({"validation": 0.1, "test": 0.1, "seed": 0}), "label")
+    assert (len(out["train"]), len(out["validation"]), len(out["test"])) == (800, 100, 100)
+
+
+def test_f1_averages_over_the_tasks_labels_not_those_present():
+    from sklearn.metrics import f1_score
+
+    labels, preds = [0, 1, 1, 0, 1], [0, 1, 0, 0, 2]  # a 3-class task; class 2 is absent from the labels
+    got = classification_metrics(preds, labels, ("f1",), num_labels=3)["f1"]
+    assert got == pytest.approx(f1_score(labels, preds, average="macro", labels=[0, 1, 2], zero_division=0))
+    labels, preds = [0, 1, 1, 0], [0, 1, 0, 0]  # 3 classes, none predicted or labelled 2: still macro
+    assert classification_metrics(preds, labels, ("f1",), num_labels=3)["f1"] == pytest.approx(
+        f1_score(labels, preds, average="macro", labels=[0, 1, 2], zero_division=0))
+    assert classification_metrics(preds, labels, ("f1",), num_labels=2)["f1"] == pytest.approx(
+        f1_score(labels, preds))  # two classes: F1 of class 1 (MRPC / QQP)

@@ -338,7 +338,7 @@ def test_cli_end_to_end(tree, tmp_path):
     (2, "llama2_13b", "svamp", "rocoft_col", 3, "", "accuracy", 66.63),
     (7, "deberta_v3_base", "squad", "rocoft_row", None, "", "exact_match", 81.70),
     (7, "bart_large", "xsum", "rocoft_col", None, "", "rouge2", 18.54),
-    (7, "bart_large", "cnn_dailymail", "full_ft", None, "", "rougeL", 37.04),
+    (7, "bart_large", "cnn_dailymail", "full_ft", None, "", "rougeLsum", 37.04),
     (8, "roberta_base", "sst2", "rocoft_row", 64, "", "accuracy", 0.934),
     (8, "roberta_base", "sst2", "lora", 64, "", "peak_memory_mb", 2993),
     (8, "roberta_base", "sst2", "lora", 1, "", "train_time_s", 192),

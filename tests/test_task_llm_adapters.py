@@ -64,7 +64,9 @@ def test_number_extraction():
     assert extract_number("So 7 - 10 = -3. The answer is -3") == -3
     assert extract_number("She pays $3.75 per kg, 2.5 kg cost 9.375") == pytest.approx(9.375)
     assert extract_number("Total: 1,234,567 people") == 1234567
-    assert extract_number("5-3") == 3  # a hyphen after a digit is not a minus sign
+    assert extract_number("5-3") == -3  # LLM-Adapters' regex: a hyphen before a digit is a minus sign
+    assert extract_number("about 3,50 m") == 350  # every comma removed, as LLM-Adapters does
+    assert extract_number("x = 7.") == 7 and extract_number(".5") == 5
     assert extract_number("I do not know") is None and extract_number("") is None
     assert score_output("The answer is 1,234.", "1234", "number") == (1234, True)
     assert score_output("The answer is 0.3333", "0.33333", "number")[1] is True

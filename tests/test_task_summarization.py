@@ -114,7 +114,7 @@ def test_full_pipeline_tiny_seq2seq_on_xsum_files(tmp_path):
             assert len(r["source"]) <= 500 and isinstance(r["prediction"], str)
     by_index = {r["index"]: r for r in lines}
     assert by_index[0]["reference"] == test[0]["summary"] and by_index[0]["id"] == test[0]["id"]
-    assert metrics["main_metric"] == "rougeL" and metrics["steps"] == 2
+    assert metrics["main_metric"] == "rougeLsum" and metrics["steps"] == 2
 
 
 def test_predict_step_pads_generations_to_a_fixed_width():

@@ -109,4 +109,4 @@ class ClassificationTask(Task):
         if self.regression:
             return regression_metrics(preds, labels)
         names = list(self.cfg.get("metrics", ["accuracy", "f1"]))
-        return classification_metrics(preds, labels, names)
+        return classification_metrics(preds, labels, names, num_labels=self.num_labels)

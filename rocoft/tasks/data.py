@@ -8,6 +8,7 @@ suite is evaluated on the same validation and test rows.
 
 from __future__ import annotations
 
+import csv
 import importlib
 import os
 from pathlib import Path
@@ -19,8 +20,11 @@ from sklearn.model_selection import train_test_split
 from ..errors import UserError
 
 SPLITS = ("train", "validation", "test")
-READERS = {".csv": pd.read_csv, ".tsv": lambda p: pd.read_csv(p, sep="\t"), ".json": None,
-           ".jsonl": lambda p: pd.read_json(p, lines=True), ".parquet": pd.read_parquet}
+# Text stays text: "NA" / "null" / "None" are words, not missing values; TSV (GLUE's format) has no quoting,
+# so a '"' is a character (pandas' default quoting would swallow the lines after an unbalanced one).
+READERS = {".csv": lambda p: pd.read_csv(p, keep_default_na=False),
+           ".tsv": lambda p: pd.read_csv(p, sep="\t", quoting=csv.QUOTE_NONE, keep_default_na=False),
+           ".json": None, ".jsonl": lambda p: pd.read_json(p, lines=True), ".parquet": pd.read_parquet}
 
 
 def read_table(path: str | os.PathLike) -> pd.DataFrame:
@@ -85,10 +89,13 @@ def carve_splits(splits: dict[str, pd.DataFrame], split_cfg, stratify: str | Non
     if "train" not in splits:
         raise UserError("The task's data has no train split.")
     train = splits["train"]
+    whole = len(train)
     for split in ("test", "validation"):
         size = split_cfg.get(split)
         if split in splits or not size:
             continue
+        if isinstance(size, float) and size < 1:  # a fraction of the whole training file, not of what is left
+            size = max(1, round(size * whole))
         if size >= len(train):
             raise UserError(f"Cannot carve a {split} split of {size} rows from {len(train)} training rows.")
         strat = train[stratify] if stratify and stratify in train else None

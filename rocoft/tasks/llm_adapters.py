@@ -100,14 +100,14 @@ def extract_label(text: str, words, case_sensitive: bool = True) -> str | None:
     return m.group(0) if case_sensitive else {w.lower(): w for w in words}[m.group(0).lower()]
 
 
-_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
-# a minus sign counts only when it does not follow a word character ("5-3" is 5 and 3, "is -3" is -3)
-_NUMBER = re.compile(r"(?:(?<![\w.])-)?(?<![\d.])\d+(?:\.\d+)?")
+# LLM-Adapters' rule, kept exactly so that scores compare with the published ones: drop every comma,
+# then take the last match of -?\d+\.?\d* ("1,234" -> 1234; "7 - 10 = -3" -> -3; "5-3" -> -3; "7." -> 7).
+_NUMBER = re.compile(r"-?\d+\.?\d*")
 
 
 def extract_number(text: str) -> float | None:
-    """The last number in ``text`` ("1,234" -> 1234; "-2.5" -> -2.5; "... is 7." -> 7); None if none."""
-    found = _NUMBER.findall(_THOUSANDS.sub("", text or ""))
+    """The last number in ``text`` after removing all commas (LLM-Adapters' rule); None if none."""
+    found = _NUMBER.findall((text or "").replace(",", ""))
     return float(found[-1]) if found else None
 
 

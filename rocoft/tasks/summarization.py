@@ -102,7 +102,7 @@ class SummarizationTask(Task):
         super().__init__(cfg)
         self.source_field = cfg.get("source_field", "document")
         self.target_field = cfg.get("target_field", "summary")
-        self.main_metric = cfg.get("main_metric", "rougeL")
+        self.main_metric = cfg.get("main_metric", "rougeLsum")
         self._eval = {}  # split -> {"source": [...], "reference": [...], "id": [...] or None}
         self._tokenizer = None
         self._cache = None
