@@ -22,6 +22,33 @@ from .errors import UserError
 from .utils import atomic_write_json
 
 USER_ERROR_EXIT = 2
+# settings that do not change what a run computes: a run directory may be resumed or skipped across them
+NEUTRAL = {"force", "results_dir", "output_dir", "device", "logger", "save", "hydra", "train.resume",
+           "train.checkpoint_every", "train.keep_checkpoints", "train.log_every", "train.eval_batch_size"}
+
+
+def _flat(tree, prefix="") -> dict:
+    if not isinstance(tree, dict):
+        return {prefix[:-1]: tree}
+    out = {}
+    for k, v in tree.items():
+        out.update(_flat(v, f"{prefix}{k}."))
+    return out
+
+
+def changed_settings(run_dir: Path, cfg) -> list[str]:
+    """``key: old -> new`` for each setting of ``cfg`` that differs from the run already in ``run_dir``."""
+    from omegaconf import OmegaConf
+
+    try:
+        old = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
+    except Exception:  # noqa: BLE001 - no or unreadable config: nothing to compare
+        return []
+    new = OmegaConf.to_container(cfg, resolve=True)
+    a, b = _flat(old or {}), _flat(new)
+    neutral = lambda k: any(k == n or k.startswith(n + ".") for n in NEUTRAL)  # noqa: E731
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a.keys() | b.keys())
+            if not neutral(k) and a.get(k) != b.get(k)]
 
 
 def write_status(run_dir: Path, status: str, **extra) -> None:
@@ -53,6 +80,18 @@ def execute(cfg, multirun: bool = False):
 
     run_dir = Path(cfg.output_dir)
     done = read_json(run_dir / "metrics.json")
+    if not cfg.get("force", False) and (done is not None or (run_dir / "checkpoints").is_dir()):
+        changed = changed_settings(run_dir, cfg)
+        if changed:  # never skip to, or resume, a run of other settings
+            shown = "; ".join(changed[:6]) + (f"; and {len(changed) - 6} more" if len(changed) > 6 else "")
+            print(f"\nerror: {run_dir} already holds a {'complete' if done is not None else 'started'} run with "
+                  f"other settings ({shown}). Give this run its own directory (to sweep a setting that is not "
+                  f"in the path, put it there: output_dir='${{results_dir}}/${{task.name}}/${{model.name}}/"
+                  f"${{method.tag}}/lr${{train.lr}}/seed${{seed}}'), or force=true to replace that run.",
+                  file=sys.stderr)
+            if multirun:
+                return None
+            sys.exit(USER_ERROR_EXIT)
     if done is not None and not cfg.get("force", False):
         print(f"{run_dir} is complete: skipping (force=true re-runs it).")
         return main_value(done)
@@ -70,6 +109,8 @@ def execute(cfg, multirun: bool = False):
             write_status(run_dir, "failed", error=str(e), kind="user_error")
             return None
         _remove_partial(run_dir, Path(cfg.results_dir))
+        if run_dir.is_dir():  # kept for its checkpoints: say why it stopped
+            write_status(run_dir, "failed", error=str(e), kind="user_error")
         sys.exit(USER_ERROR_EXIT)
     except Exception as e:  # noqa: BLE001 - recorded, then re-raised for single runs
         run_dir.mkdir(parents=True, exist_ok=True)

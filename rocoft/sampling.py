@@ -39,8 +39,9 @@ class LengthGroupedBatchSampler(_EpochSeeded):
 
     Each epoch: a seeded permutation of all examples is cut into mega-batches of
     ``mega_batches x batch_size`` examples; each mega-batch is sorted by length (longest first)
-    and cut into batches; the batches' order is shuffled again. Every example appears exactly
-    once per epoch.
+    and cut into batches; the batches' order is shuffled again, except that a short batch (the
+    remainder) always comes last, where a multi-process loader expects it. Every example appears
+    exactly once per epoch.
     """
 
     def __init__(self, lengths: list[int], batch_size: int, seed: int, mega_batches: int = 50):
@@ -55,8 +56,11 @@ class LengthGroupedBatchSampler(_EpochSeeded):
         for start in range(0, len(perm), size):
             chunk = sorted(perm[start:start + size], key=lambda i: -self.lengths[i])
             batches += [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
-        for b in torch.randperm(len(batches), generator=g).tolist():
-            yield batches[b]
+        short = [b for b in batches if len(b) < self.batch_size]
+        full = [b for b in batches if len(b) == self.batch_size]
+        for b in torch.randperm(len(full), generator=g).tolist():
+            yield full[b]
+        yield from short
 
 
 def sorted_by_length(lengths: list[int]) -> list[int]:

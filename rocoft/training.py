@@ -67,8 +67,11 @@ def build_accelerator(cfg) -> Accelerator:
 
 
 def no_decay(name: str, param: torch.Tensor) -> bool:
-    """Biases and 1-D norm weights get no weight decay (the usual transformers convention)."""
-    return param.ndim < 2 or name.endswith("bias")
+    """Biases and 1-D norm weights get no weight decay (the usual transformers convention). RoCoFT's
+    trained values decay whatever their shape (the random-entry ablation keeps them as a 1-D vector)."""
+    if name.endswith("bias"):
+        return True
+    return param.ndim < 2 and not (".rocoft." in name or ".rocoft_slices." in name)
 
 
 def build_optimizer(model, train_cfg) -> torch.optim.Optimizer:
@@ -185,6 +188,7 @@ def run(cfg) -> dict:
         step, epoch, in_epoch, history = resumed["step"], resumed["epoch"], resumed["in_epoch"], resumed["history"]
         print(f"Resuming from {resumed['path']} (step {step})")
     log = JsonlLog(run_dir / "log.jsonl", enabled=main, keep_until_step=step if resumed else None)
+    earlier = (resumed or {}).get("elapsed") or {}  # time and memory of the run before its last resume
     eval_every = tcfg.eval_every or steps_per_epoch
     val_split = task.eval_splits[0]
     window = []
@@ -211,6 +215,7 @@ def run(cfg) -> dict:
                 window.append(loss.detach())
                 if not accelerator.sync_gradients:
                     continue
+                lr = scheduler.get_last_lr()[0]  # the lr this step trained with
                 scheduler.step()
                 step += 1
                 step_loss = accelerator.reduce(torch.stack(window).mean(), reduction="mean").item()
@@ -218,7 +223,6 @@ def run(cfg) -> dict:
                 if not math.isfinite(step_loss):
                     raise UserError(f"Training diverged: loss is {step_loss} at step {step}; lower train.lr "
                                     f"(now {tcfg.lr}).")
-                lr = scheduler.get_last_lr()[0]
                 if step % tcfg.log_every == 0 or step == total_steps:
                     log.write(step=step, epoch=round(step / steps_per_epoch, 4), loss=step_loss, lr=lr)
                     accelerator.log({"train/loss": step_loss, "train/lr": lr}, step=step)
@@ -231,7 +235,7 @@ def run(cfg) -> dict:
                     history.append({"step": step, **result})
                 at_end = in_epoch == len(train_loader)
                 position = {"step": step, "epoch": epoch + at_end, "in_epoch": 0 if at_end else in_epoch,
-                            "history": history}
+                            "history": history, "elapsed": elapsed(earlier, start, train_start, accelerator.device)}
                 if stop.received is not None or (tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0):
                     ckpt.save(accelerator.unwrap_model(model), optimizer, scheduler, position)
                 if stop.received is not None:
@@ -242,13 +246,13 @@ def run(cfg) -> dict:
             else:
                 epoch, in_epoch = epoch + 1, 0
     bar.close()
-    train_time = time.time() - train_start
+    train_time = time.time() - train_start + earlier.get("train_time_s", 0.0)
 
     # ---- final evaluation and results
     final = {}
     for split, loader in eval_loaders.items():
         final[split], records = evaluate(model, loader, task, accelerator, split)
-        log.write(step=step, split=split, **final[split])
+        log.write(step=step, split=split, final=True, **final[split])
         accelerator.log({f"final/{split}/{k}": v for k, v in final[split].items()}, step=step)
         if records is not None and main:
             atomic_write_text(run_dir / f"predictions_{split}.jsonl",
@@ -261,8 +265,9 @@ def run(cfg) -> dict:
         "validation_history": history,
         "params": params,
         "steps": step, "train_examples": len(data["train"]),
-        "wall_time_s": time.time() - start, "train_time_s": train_time,
-        **peak_memory(accelerator.device),
+        "wall_time_s": time.time() - start + earlier.get("wall_time_s", 0.0), "train_time_s": train_time,
+        **peak_memory(accelerator.device, at_least_mb=earlier.get("peak_memory_mb")),
+        "resumed": bool(resumed),
         "device": str(accelerator.device), "num_processes": accelerator.num_processes,
         "mixed_precision": accelerator.mixed_precision,
         "git": git_info(), "versions": package_versions(),
@@ -276,6 +281,14 @@ def run(cfg) -> dict:
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return metrics
+
+
+def elapsed(earlier: dict, start: float, train_start: float, device) -> dict:
+    """Wall and training time and peak memory of the run so far, its time before a resume included."""
+    now = time.time()
+    return {"wall_time_s": earlier.get("wall_time_s", 0.0) + now - start,
+            "train_time_s": earlier.get("train_time_s", 0.0) + now - train_start,
+            "peak_memory_mb": peak_memory(device, at_least_mb=earlier.get("peak_memory_mb"))["peak_memory_mb"]}
 
 
 def save_artifacts(model, method, cfg, run_dir: Path) -> None:

@@ -71,7 +71,7 @@ class JsonlLog:
                     record = json.loads(line)
                 except ValueError:
                     continue  # a line cut by the kill
-                if record.get("step", 0) <= keep_until_step:
+                if record.get("step", 0) <= keep_until_step and not record.get("final"):  # final: redone
                     kept.append(line + "\n")
         self.f = open(path, "w")
         self.f.writelines(kept)
@@ -123,15 +123,16 @@ def reset_peak_memory(device: torch.device) -> None:
         pass
 
 
-def peak_memory(device: torch.device) -> dict:
-    """Peak memory in MB since reset_peak_memory: CUDA max allocated on GPU, else the RSS high-water mark."""
+def peak_memory(device: torch.device, at_least_mb: float | None = None) -> dict:
+    """Peak memory in MB since reset_peak_memory: CUDA max allocated on GPU, else the RSS high-water mark
+    (``at_least_mb``: the peak of the run before it was resumed, if higher)."""
     if device.type == "cuda":
-        return {"peak_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20,
-                "peak_memory_kind": "cuda_max_allocated"}
-    try:
-        with open("/proc/self/status") as f:
-            hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-        return {"peak_memory_mb": hwm / 1024, "peak_memory_kind": "cpu_rss_high_water"}
-    except (OSError, StopIteration, ValueError):
-        rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return {"peak_memory_mb": rss_kb / 1024, "peak_memory_kind": "cpu_max_rss"}
+        mb, kind = torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
+    else:
+        try:
+            with open("/proc/self/status") as f:
+                mb, kind = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024, \
+                    "cpu_rss_high_water"
+        except (OSError, StopIteration, ValueError):
+            mb, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu_max_rss"
+    return {"peak_memory_mb": max(mb, at_least_mb or 0.0), "peak_memory_kind": kind}

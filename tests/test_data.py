@@ -78,6 +78,7 @@ def test_length_grouped_sampler_covers_every_example_once_and_is_seeded():
     epoch0 = list(s)
     flat = sorted(i for b in epoch0 for i in b)
     assert flat == list(range(203)) and len(epoch0) == len(s) == 26
+    assert [len(b) for b in epoch0] == [8] * 25 + [3]  # the short batch last, as multi-process loaders need
     assert list(LengthGroupedBatchSampler(lengths, 8, seed=3, mega_batches=4)) == epoch0
     assert list(s) == epoch0  # the order depends on (seed, epoch) only
     s.set_epoch(1)

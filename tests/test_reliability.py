@@ -43,6 +43,8 @@ def test_sigterm_mid_run_then_resume_gives_the_uninterrupted_metrics(tmp_path):
     status = json.loads((run_dir / "status.json").read_text())
     assert status["status"] == "preempted" and 20 <= status["step"] < 40
     assert not (run_dir / "metrics.json").exists() and list((run_dir / "checkpoints").glob("step_*"))
+    before = max(json.loads(p.read_text())["elapsed"]["train_time_s"]
+                 for p in (run_dir / "checkpoints").glob("step_*/state.json"))
     resumed = train(tmp_path / "killed")
     assert resumed.returncode == 0 and "Resuming from" in resumed.stdout, resumed.stderr[-2000:]
     a = json.loads((run_dir / "metrics.json").read_text())
@@ -51,6 +53,7 @@ def test_sigterm_mid_run_then_resume_gives_the_uninterrupted_metrics(tmp_path):
         assert a[key] == b[key], key
     assert (run_dir / "log.jsonl").read_text() == tmp_path.joinpath("ref", *RUN, "log.jsonl").read_text()
     assert not (run_dir / "checkpoints").exists()  # removed once the run is complete
+    assert a["resumed"] and a["train_time_s"] > before > 0  # the time before the kill counts too
 
 
 def test_sigusr1_checkpoints_then_hands_the_signal_to_the_previous_handler(tmp_path):
@@ -233,3 +236,73 @@ def test_wandb_offline_logging(tmp_path, monkeypatch):
     assert len(offline) == 1 and list(offline[0].glob("*.wandb"))
     records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 3] and metrics["steps"] == 3
+
+
+# ---- run bookkeeping
+def _run_dir(cfg):
+    from pathlib import Path
+
+    return Path(cfg.output_dir)
+
+
+def test_a_run_of_other_settings_is_neither_skipped_to_nor_resumed(tmp_path, capsys):
+    base = ["model=tiny_encoder", *small_run_overrides(tmp_path, steps=2, train=48, evals=16)]
+    cfg = compose_config(base)
+    execute(cfg)
+    status = json.loads((_run_dir(cfg) / "status.json").read_text())
+    assert status["status"] == "complete"
+    assert execute(compose_config(base + ["train.eval_batch_size=8"])) is not None  # neutral: skipped to
+    other = compose_config(base + ["train.lr=0.123"])
+    with pytest.raises(SystemExit) as e:
+        execute(other)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "other settings" in err and "train.lr" in err and "0.123" in err
+    assert execute(other, multirun=True) is None  # a sweep point: reported, the complete run untouched
+    assert json.loads((_run_dir(cfg) / "status.json").read_text()) == status
+    assert execute(compose_config(base + ["train.lr=0.123", "force=true"])) is not None
+
+
+def test_logged_lr_is_the_lr_each_step_trained_with(tmp_path):
+    cfg = compose_config(["model=tiny_encoder", *small_run_overrides(tmp_path, steps=3, train=64, evals=16),
+                          "train.scheduler=linear", "train.warmup_steps=0", "train.lr=0.003"])
+    execute(cfg)
+    lrs = [json.loads(line)["lr"] for line in (_run_dir(cfg) / "log.jsonl").read_text().splitlines()
+           if '"lr"' in line]
+    assert lrs == pytest.approx([0.003, 0.002, 0.001])  # linear decay to 0 after the last step
+
+
+def test_weight_decay_rule():
+    import torch
+
+    from rocoft.training import no_decay
+
+    vec, mat = torch.zeros(4), torch.zeros(2, 2)
+    assert no_decay("encoder.layer.0.output.dense.bias", vec) and no_decay("encoder.LayerNorm.weight", vec)
+    assert not no_decay("encoder.layer.0.output.dense.weight", mat)
+    # RoCoFT's trained values decay, whatever their shape (entries are a 1-D vector)
+    assert not no_decay("encoder.layer.0.attention.self.query.rocoft.weight", vec)
+    assert not no_decay("base_model.model.query.rocoft_slices.default.weight", vec)
+
+
+def test_final_records_are_redone_not_duplicated_on_resume(tmp_path):
+    from rocoft.utils import JsonlLog
+
+    path = tmp_path / "log.jsonl"
+    log = JsonlLog(path)
+    log.write(step=1, loss=0.5)
+    log.write(step=2, loss=0.4)
+    log.write(step=2, split="validation", final=True, accuracy=0.5)  # then the final evaluation crashed
+    log.close()
+    JsonlLog(path, keep_until_step=2).close()  # resumed from the step-2 checkpoint
+    assert [json.loads(line) for line in path.read_text().splitlines()] == [{"step": 1, "loss": 0.5},
+                                                                           {"step": 2, "loss": 0.4}]
+
+
+def test_user_error_after_a_checkpoint_marks_the_kept_run_failed(tmp_path, capsys):
+    cfg = compose_config(["model=tiny_encoder", *small_run_overrides(tmp_path, steps=6, train=96, evals=16),
+                          "train.lr=1e12", "train.checkpoint_every=1", "train.max_grad_norm=0"])
+    with pytest.raises(SystemExit) as e:
+        execute(cfg)
+    assert e.value.code == 2 and "diverged" in capsys.readouterr().err
+    status = json.loads((_run_dir(cfg) / "status.json").read_text())
+    assert status["status"] == "failed" and status["kind"] == "user_error"
