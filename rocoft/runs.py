@@ -47,8 +47,8 @@ def changed_settings(run_dir: Path, cfg) -> list[str]:
     new = OmegaConf.to_container(cfg, resolve=True)
     a, b = _flat(old or {}), _flat(new)
     neutral = lambda k: any(k == n or k.startswith(n + ".") for n in NEUTRAL)  # noqa: E731
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a.keys() | b.keys())
-            if not neutral(k) and a.get(k) != b.get(k)]
+    # keys in only one of them come from another version of the suite (a new option at its default): not compared
+    return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in sorted(a.keys() & b.keys()) if not neutral(k) and a[k] != b[k]]
 
 
 def write_status(run_dir: Path, status: str, **extra) -> None:
