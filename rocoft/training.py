@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import shutil
 import time
 from collections import defaultdict
@@ -124,7 +125,8 @@ def run(cfg) -> dict:
     run_dir = Path(cfg.output_dir)
     if main:
         check_output_dir(run_dir)
-        (run_dir / "metrics.json").unlink(missing_ok=True)  # a forced re-run: never leave stale results
+        if (run_dir / "metrics.json").exists():  # a forced re-run: no stale results, but the old ones kept aside
+            os.replace(run_dir / "metrics.json", run_dir / "metrics.replaced.json")
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         write_status(run_dir, "running")
     tcfg, dcfg = cfg.train, cfg.data

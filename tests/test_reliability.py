@@ -259,7 +259,9 @@ def test_a_run_of_other_settings_is_neither_skipped_to_nor_resumed(tmp_path, cap
     assert e.value.code == 2 and "other settings" in err and "train.lr" in err and "0.123" in err
     assert execute(other, multirun=True) is None  # a sweep point: reported, the complete run untouched
     assert json.loads((_run_dir(cfg) / "status.json").read_text()) == status
+    first = json.loads((_run_dir(cfg) / "metrics.json").read_text())
     assert execute(compose_config(base + ["train.lr=0.123", "force=true"])) is not None
+    assert json.loads((_run_dir(cfg) / "metrics.replaced.json").read_text()) == first  # kept aside, not lost
 
 
 def test_logged_lr_is_the_lr_each_step_trained_with(tmp_path):
