@@ -93,7 +93,7 @@ class Checkpointer:
         found = [p for p in self.dir.glob("step_*") if (p / "state.json").is_file()]
         return sorted(found, key=lambda p: int(p.name.split("_")[1]))
 
-    def save(self, model, optimizer, scheduler, state: dict) -> Path | None:
+    def save(self, model, optimizer, scheduler, state: dict, method_state: dict | None = None) -> Path | None:
         if not self.enabled:
             return None
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -101,6 +101,8 @@ class Checkpointer:
         torch.save(trainable_state(model), tmp / "trainable.pt")
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
                    tmp / "training_state.pt")
+        if method_state is not None:
+            torch.save(method_state, tmp / "method_state.pt")
         (tmp / "state.json").write_text(json.dumps(state))  # written last: its presence marks a complete folder
         target = self.dir / f"step_{state['step']}"
         if target.exists():
@@ -122,4 +124,6 @@ class Checkpointer:
         optimizer.load_state_dict(training["optimizer"])
         scheduler.load_state_dict(training["scheduler"])
         set_rng_state(training["rng"])
-        return {**json.loads((path / "state.json").read_text()), "path": str(path)}
+        method_state = (torch.load(path / "method_state.pt", weights_only=False)
+                        if (path / "method_state.pt").is_file() else None)
+        return {**json.loads((path / "state.json").read_text()), "path": str(path), "method_state": method_state}

@@ -188,6 +188,8 @@ def run(cfg) -> dict:
     step, epoch, in_epoch, history = 0, 0, 0, []
     if resumed:
         step, epoch, in_epoch, history = resumed["step"], resumed["epoch"], resumed["in_epoch"], resumed["history"]
+        if resumed.get("method_state") is not None:
+            method.load_extra_state(accelerator.unwrap_model(model), resumed["method_state"])
         print(f"Resuming from {resumed['path']} (step {step})")
     log = JsonlLog(run_dir / "log.jsonl", enabled=main, keep_until_step=step if resumed else None)
     earlier = (resumed or {}).get("elapsed") or {}  # time and memory of the run before its last resume
@@ -239,7 +241,8 @@ def run(cfg) -> dict:
                 position = {"step": step, "epoch": epoch + at_end, "in_epoch": 0 if at_end else in_epoch,
                             "history": history, "elapsed": elapsed(earlier, start, train_start, accelerator.device)}
                 if stop.received is not None or (tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0):
-                    ckpt.save(accelerator.unwrap_model(model), optimizer, scheduler, position)
+                    unwrapped = accelerator.unwrap_model(model)
+                    ckpt.save(unwrapped, optimizer, scheduler, position, method.extra_state(unwrapped))
                 if stop.received is not None:
                     log.close()
                     raise Preempted(stop.received, step)

@@ -26,11 +26,13 @@ def train(results, *extra, wait=True):
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
-def test_sigterm_mid_run_then_resume_gives_the_uninterrupted_metrics(tmp_path):
-    reference = train(tmp_path / "ref")
+@pytest.mark.parametrize("method", ["rocoft_row_r3", "adalora"])  # adalora: its importance averages resume too
+def test_sigterm_mid_run_then_resume_gives_the_uninterrupted_metrics(tmp_path, method):
+    run = (*RUN[:2], {"adalora": "adalora_r3"}.get(method, method), RUN[3])
+    reference = train(tmp_path / "ref", f"method={method}")
     assert reference.returncode == 0, reference.stderr[-2000:]
-    proc = train(tmp_path / "killed", wait=False)
-    log = tmp_path.joinpath("killed", *RUN, "log.jsonl")
+    proc = train(tmp_path / "killed", f"method={method}", wait=False)
+    log = tmp_path.joinpath("killed", *run, "log.jsonl")
     deadline = time.time() + 300
     while time.time() < deadline:  # wait until it is past the first epoch's middle, then preempt it
         if log.exists() and sum('"loss"' in line for line in log.read_text().splitlines()) >= 20:
@@ -38,20 +40,20 @@ def test_sigterm_mid_run_then_resume_gives_the_uninterrupted_metrics(tmp_path):
         time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=300)
-    run_dir = tmp_path.joinpath("killed", *RUN)
+    run_dir = tmp_path.joinpath("killed", *run)
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
     status = json.loads((run_dir / "status.json").read_text())
     assert status["status"] == "preempted" and 20 <= status["step"] < 40
     assert not (run_dir / "metrics.json").exists() and list((run_dir / "checkpoints").glob("step_*"))
     before = max(json.loads(p.read_text())["elapsed"]["train_time_s"]
                  for p in (run_dir / "checkpoints").glob("step_*/state.json"))
-    resumed = train(tmp_path / "killed")
+    resumed = train(tmp_path / "killed", f"method={method}")
     assert resumed.returncode == 0 and "Resuming from" in resumed.stdout, resumed.stderr[-2000:]
     a = json.loads((run_dir / "metrics.json").read_text())
-    b = json.loads(tmp_path.joinpath("ref", *RUN, "metrics.json").read_text())
+    b = json.loads(tmp_path.joinpath("ref", *run, "metrics.json").read_text())
     for key in ("validation", "test", "steps", "validation_history", "params"):
         assert a[key] == b[key], key
-    assert (run_dir / "log.jsonl").read_text() == tmp_path.joinpath("ref", *RUN, "log.jsonl").read_text()
+    assert (run_dir / "log.jsonl").read_text() == tmp_path.joinpath("ref", *run, "log.jsonl").read_text()
     assert not (run_dir / "checkpoints").exists()  # removed once the run is complete
     assert a["resumed"] and a["train_time_s"] > before > 0  # the time before the kill counts too
 

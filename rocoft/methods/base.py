@@ -52,6 +52,13 @@ class Method:
     def after_step(self, model: nn.Module, step: int) -> None:
         """Called after each optimizer step, before gradients are cleared."""
 
+    def extra_state(self, model: nn.Module) -> dict | None:
+        """State outside the parameters and the optimizer that a resumed run needs (checkpointed)."""
+        return None
+
+    def load_extra_state(self, model: nn.Module, state: dict) -> None:
+        """Put back what :meth:`extra_state` returned."""
+
     def train_heads(self, model: nn.Module) -> None:
         for n, m in model.named_modules():
             if self.heads and name_matches(n, self.heads):

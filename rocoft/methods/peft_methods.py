@@ -75,6 +75,20 @@ class PeftMethod(Method):
         if self.cfg.peft_type == "ADALORA":
             model.base_model.update_and_allocate(step)
 
+    _ALLOCATOR_STATE = ("ipt", "exp_avg_ipt", "exp_avg_unc")  # AdaLoRA's importance averages
+
+    def extra_state(self, model):
+        if self.cfg.peft_type != "ADALORA":
+            return None
+        allocator = model.base_model.rankallocator
+        return {k: dict(getattr(allocator, k)) for k in self._ALLOCATOR_STATE}
+
+    def load_extra_state(self, model, state):
+        if self.cfg.peft_type == "ADALORA" and state:
+            allocator = model.base_model.rankallocator
+            for k in self._ALLOCATOR_STATE:
+                setattr(allocator, k, dict(state.get(k, {})))
+
     def save(self, model, directory: Path) -> None:
         model.save_pretrained(directory)
 
