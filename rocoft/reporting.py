@@ -585,6 +585,16 @@ GLUE_NOTE = ("Split: GLUE validation sets (MNLI: validation_matched), as in the 
 NTK_NOTE = ("Not run by the suite: the NTK kernel-regression experiments (Malladi et al. 2023 prompt-based "
             "few-shot setting) are not implemented, so these paper numbers have no suite counterpart.")
 
+def _kernel_difference_spec(number: int, shots: int) -> TableSpec:
+    """Tables 5 and 13: relative kernel difference to K_θ (16- and 64-shot)."""
+    return TableSpec(number, f"Table {number}: relative kernel difference to K_θ, {shots}-shot",
+                     [Part("single-sentence tasks", [Col(h, t, None, decimals=3) for h, t in SINGLE + [("TREC", "trec")]],
+                           block="variant", row_metric=True),
+                      Part("sentence-pair tasks", [Col(h, t, None, decimals=3) for h, t in PAIR],
+                           block="variant", row_metric=True)],
+                     ["||K_S/||K_S||_p - K_θ/||K_θ||_p||_p for p = 1, 2; mean (std over 5 seeds).", NTK_NOTE])
+
+
 SPECS: dict[int, TableSpec] = {
     1: TableSpec(1, "Table 1: GLUE, RoBERTa-base", [Part("", [TTP, *GLUE_COLS,
                  Col("Avg. (main)", "glue_avg", "avg_main"), Col("Avg. (2nd)", "glue_avg", "avg_second")])],
@@ -638,18 +648,8 @@ SPECS: dict[int, TableSpec] = {
                        block="variant")],
                  ["Values: mean (std over 5 seeds) as printed; K_θ = full-parameter NTK, K_θR / K_θC = 1-row / "
                   "1-column NTK.", NTK_NOTE]),
-    5: TableSpec(5, "Table 5: relative kernel difference to K_θ, 16-shot",
-                 [Part("single-sentence tasks", [Col(h, t, None, decimals=3) for h, t in SINGLE + [("TREC", "trec")]],
-                       block="variant", row_metric=True),
-                  Part("sentence-pair tasks", [Col(h, t, None, decimals=3) for h, t in PAIR],
-                       block="variant", row_metric=True)],
-                 ["||K_S/||K_S||_p - K_θ/||K_θ||_p||_p for p = 1, 2; mean (std over 5 seeds).", NTK_NOTE]),
-    13: TableSpec(13, "Table 13: relative kernel difference to K_θ, 64-shot",
-                  [Part("single-sentence tasks", [Col(h, t, None, decimals=3) for h, t in SINGLE + [("TREC", "trec")]],
-                        block="variant", row_metric=True),
-                   Part("sentence-pair tasks", [Col(h, t, None, decimals=3) for h, t in PAIR],
-                        block="variant", row_metric=True)],
-                  ["||K_S/||K_S||_p - K_θ/||K_θ||_p||_p for p = 1, 2; mean (std over 5 seeds).", NTK_NOTE]),
+    5: _kernel_difference_spec(5, 16),
+    13: _kernel_difference_spec(13, 64),
 }
 
 MEMORY_KINDS = {"cpu_max_rss": "cpu_max_rss, the process's max resident set size (not comparable to GPU memory; "

@@ -393,6 +393,11 @@ def _free(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+def parameter_counts(trainable: int, total: int, targets) -> dict:
+    return dict(trainable_params=trainable, total_params=total, n_targets=len(targets),
+                trainable_pct=100.0 * trainable / total)
+
+
 class Runner:
     """One variant's model + AdamW on the shared inputs; ``step()`` is one full training step."""
 
@@ -406,8 +411,7 @@ class Runner:
         trainable = sum(p.numel() for p in params)
         if variant.method == "rocoft" and count_parameters(self.model)["trainable"] != trainable:
             raise RuntimeError("rocoft.count_parameters disagrees with the parameters that require grad")
-        self.counts = dict(trainable_params=trainable, total_params=total, n_targets=len(targets),
-                           trainable_pct=100.0 * trainable / total)
+        self.counts = parameter_counts(trainable, total, targets)
         self.times: list[float] = []
         self.loss = None
 
@@ -587,8 +591,7 @@ def estimate_memory(settings: Settings, variant: Variant, steps: int = 3) -> dic
             for _ in range(steps):
                 train_step(model, inputs, optimizer, settings.autocast_dtype, torch.device("cpu"))
         peak = live.peak
-    return dict(trainable_params=trainable, total_params=total, n_targets=len(targets),
-                trainable_pct=100.0 * trainable / total, static_mb=static / MB, peak_mb=peak / MB,
+    return dict(**parameter_counts(trainable, total, targets), static_mb=static / MB, peak_mb=peak / MB,
                 memory_measure="fake_tensor_estimate", step_ms=None, step_ms_all=[])
 
 

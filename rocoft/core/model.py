@@ -28,17 +28,22 @@ def replace_everywhere(model: nn.Module, old: nn.Module, new: nn.Module) -> None
                 setattr(parent, child, new)
 
 
-def check_untied(model: nn.Module, names) -> None:
-    """RoCoFT writes trained values into the weight in place: a weight that another module also uses
-    (tied embeddings and LM head, shared projections) would be trained through one of them only."""
+def tied_modules(model: nn.Module) -> set[str]:
+    """Names of the modules whose weight another module also holds (tied embeddings and LM head, ...)."""
     owners: dict[int, set[int]] = {}
     for module in model.modules():
         for p in module._parameters.values():
             if p is not None:
                 owners.setdefault(id(p), set()).add(id(module))
+    return {n for n, m in model.named_modules()
+            if isinstance(getattr(m, "weight", None), torch.Tensor) and len(owners.get(id(m.weight), ())) > 1}
+
+
+def check_untied(names, tied: set[str]) -> None:
+    """RoCoFT writes trained values into the weight in place: a weight that another module also uses
+    would be trained through one of them only."""
     for name in names:
-        weight = model.get_submodule(name).weight
-        if len(owners.get(id(weight), ())) > 1:
+        if name in tied:
             raise ValueError(f"RoCoFT target {name!r} shares its weight with another module (tied weights): untie "
                              f"them first (e.g. config.tie_word_embeddings=False) or leave {name!r} out of the targets")
 
@@ -67,7 +72,7 @@ def find_targets(model: nn.Module, config: RoCoFTConfig) -> list[str]:
     names = [n for n, m in model.named_modules() if is_target(n, m, patterns, config)]
     if not names:
         raise ValueError(f"RoCoFT target patterns {patterns} matched no nn.Linear layer of {type(model).__name__}")
-    check_untied(model, names)
+    check_untied(names, tied_modules(model))
     return names
 
 

@@ -24,7 +24,8 @@ from torch import nn
 
 from .config import RoCoFTConfig, _ensure_peft_type
 from .layer import RoCoFTSlice, origin_for_load
-from .model import check_untied, choose_index, in_saved_module, layer_generator, replace_everywhere, target_patterns
+from .model import (check_untied, choose_index, in_saved_module, layer_generator, replace_everywhere,
+                    target_patterns, tied_modules)
 from .selection import SCORED
 from .targets import FAMILY_TARGETS, name_matches
 
@@ -144,6 +145,7 @@ class RoCoFTModel(BaseTuner):
     target_module_mapping = FAMILY_TARGETS
 
     def _prepare_adapter_config(self, peft_config: RoCoFTConfig, model_config: dict) -> RoCoFTConfig:
+        self._tied = tied_modules(self.model)  # once per injection, read for each target
         if peft_config.target_modules is None:
             peft_config.target_modules = target_patterns(self.model, peft_config)
         if peft_config.selection in SCORED and peft_config.axis != "entry":
@@ -166,7 +168,9 @@ class RoCoFTModel(BaseTuner):
         config = peft_config
         if config.selection in SCORED and config.axis != "entry":
             config = RoCoFTConfig(**{**config.to_dict(), "selection": "first", "peft_type": None})
-        check_untied(self.model, [current_key])
+        if getattr(self, "_tied", None) is None:
+            self._tied = tied_modules(self.model)
+        check_untied([current_key], self._tied)
         index = choose_index(base.weight, config, generator)
         if isinstance(target, RoCoFTLayer):
             target.update_layer(adapter_name, index, peft_config)
