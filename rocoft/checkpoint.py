@@ -2,7 +2,7 @@
 
 ``<run>/checkpoints/step_<N>/`` holds the trainable tensors only (small for PEFT methods; RoCoFT's
 trained slices and their indices), the optimizer and scheduler states, the RNG states and the
-data position (epoch, batches consumed). Each is written to a temporary folder and renamed into
+run's :class:`Position` (step, epoch, batches consumed, validation history, time so far). Each is written to a temporary folder and renamed into
 place, so a kill mid-write leaves the previous checkpoint intact; the last ``keep`` are kept.
 SIGTERM / SIGUSR1 (what SLURM sends before preemption or the time limit) make the loop write a
 checkpoint at the next step and stop.
@@ -15,6 +15,7 @@ import random
 import shutil
 import signal
 import tempfile
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -65,8 +66,13 @@ class StopSignals:
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The trainable tensors, plus each RoCoFT slice's ``index`` (which values it trains: a checkpoint of a
+    random or Wanda selection must put back the same rows)."""
+    from .core import RoCoFTSlice  # here, not at the top: rocoft.runs imports this module to skip runs cheaply
+
     state = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
-    state.update({n: b.detach().cpu().clone() for n, b in model.named_buffers() if n.endswith(".rocoft.index")})
+    state.update({f"{n}.index": m.index.detach().cpu().clone() for n, m in model.named_modules()
+                  if isinstance(m, RoCoFTSlice)})
     return state
 
 
@@ -85,6 +91,32 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+@dataclass
+class Position:
+    """Where a run stands: the ``state.json`` of a checkpoint, and where a resumed run starts."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # the epoch under way
+    in_epoch: int = 0  # batches of that epoch already consumed
+    history: list[dict] = field(default_factory=list)  # the periodic validation results so far
+    elapsed: dict[str, float] = field(  # the run's time and peak memory so far
+        default_factory=lambda: {"wall_time_s": 0.0, "train_time_s": 0.0, "peak_memory_mb": 0.0})
+
+    @classmethod
+    def from_json(cls, text: str) -> Position:
+        data = json.loads(text)
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+
+@dataclass
+class Resumed:
+    """The latest checkpoint, put back into the model, optimizer, scheduler and RNGs."""
+
+    position: Position
+    path: Path
+    method_state: dict | None  # what Method.extra_state returned (None: nothing)
+
+
 class Checkpointer:
     def __init__(self, directory: Path, keep: int = 2, enabled: bool = True):
         self.dir, self.keep, self.enabled = Path(directory), max(1, int(keep)), enabled
@@ -93,7 +125,7 @@ class Checkpointer:
         found = [p for p in self.dir.glob("step_*") if (p / "state.json").is_file()]
         return sorted(found, key=lambda p: int(p.name.split("_")[1]))
 
-    def save(self, model, optimizer, scheduler, state: dict, method_state: dict | None = None) -> Path | None:
+    def save(self, model, optimizer, scheduler, position: Position, method_state: dict | None = None) -> Path | None:
         if not self.enabled:
             return None
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -103,8 +135,8 @@ class Checkpointer:
                    tmp / "training_state.pt")
         if method_state is not None:
             torch.save(method_state, tmp / "method_state.pt")
-        (tmp / "state.json").write_text(json.dumps(state))  # written last: its presence marks a complete folder
-        target = self.dir / f"step_{state['step']}"
+        (tmp / "state.json").write_text(json.dumps(asdict(position)))  # written last: marks a complete folder
+        target = self.dir / f"step_{position.step}"
         if target.exists():
             shutil.rmtree(target)
         tmp.rename(target)
@@ -112,7 +144,7 @@ class Checkpointer:
             shutil.rmtree(old, ignore_errors=True)
         return target
 
-    def load_latest(self, model, optimizer, scheduler) -> dict | None:
+    def load_latest(self, model, optimizer, scheduler) -> Resumed | None:
         found = self.checkpoints()
         if not found:
             return None
@@ -126,4 +158,4 @@ class Checkpointer:
         set_rng_state(training["rng"])
         method_state = (torch.load(path / "method_state.pt", weights_only=False)
                         if (path / "method_state.pt").is_file() else None)
-        return {**json.loads((path / "state.json").read_text()), "path": str(path), "method_state": method_state}
+        return Resumed(Position.from_json((path / "state.json").read_text()), path, method_state)

@@ -9,7 +9,11 @@ Sources (``model.source``):
   * ``gguf``    -- a GGUF file shipped in a PyPI package (``model.package`` / ``model.gguf_file``):
     dequantised once and saved as a plain transformers folder under ``model.cache_dir``, which
     later runs load directly.
-``model.path`` (a local folder in transformers format) overrides any source.
+``model.path`` (a local folder in transformers format) overrides any source. Every model config sets
+``name``, ``family``, ``source``, ``hub_id``, ``path``, ``dtype``, ``target_modules`` and ``head_modules``;
+the optional keys are source-specific: ``config`` (random), ``package`` / ``pip_name`` (package, gguf),
+``gguf_file`` / ``cache_dir`` (gguf), ``tokenizer`` (a tokenizer from elsewhere, e.g. ``package:<module>``)
+and ``load_kwargs`` (extra ``from_pretrained`` arguments).
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ def _plain(cfg):
 
 def resolve_path(model_cfg) -> str | None:
     """Local folder holding the model files, or None for hub/random sources."""
-    if model_cfg.get("path"):
+    if model_cfg.path:
         path = Path(model_cfg.path).expanduser()
         if not path.is_dir():
             raise UserError(f"model.path={path} is not a directory with a transformers model.")
@@ -104,7 +108,7 @@ def _dtype(name):
 
 
 def load_tokenizer(model_cfg):
-    source = model_cfg.get("tokenizer") or resolve_path(model_cfg) or model_cfg.get("hub_id")
+    source = model_cfg.get("tokenizer") or resolve_path(model_cfg) or model_cfg.hub_id
     if isinstance(source, str) and source.startswith("package:"):
         source = str(importlib.import_module(source.split(":", 1)[1]).get_model_path())
     try:
@@ -118,7 +122,7 @@ def load_tokenizer(model_cfg):
 
 def _offline_message(model_cfg, err) -> str:
     offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-    return (f"Could not load model {model_cfg.name!r} ({model_cfg.get('hub_id')}) from the Hugging Face hub"
+    return (f"Could not load model {model_cfg.name!r} ({model_cfg.hub_id}) from the Hugging Face hub"
             f"{' (HF_HUB_OFFLINE=1 is set)' if offline else ''}: {str(err).splitlines()[0]}\n"
             f"Without network, download it elsewhere and point to the folder with model.path=/path/to/model.")
 
@@ -140,9 +144,9 @@ def build_model(model_cfg, kind: str, num_labels: int | None = None, tokenizer=N
         raise UserError(f"Unknown model head kind {kind!r}; expected one of {sorted(HEAD_CLASSES)}")
     auto = HEAD_CLASSES[kind]
     extra = {"num_labels": num_labels} if kind == "classification" else {}
-    dtype = _dtype(model_cfg.get("dtype"))
-    if model_cfg.source == "random" and not model_cfg.get("path"):
-        config = transformers.AutoConfig.for_model(model_cfg.family, **_plain(model_cfg.get("config")), **extra)
+    dtype = _dtype(model_cfg.dtype)
+    if model_cfg.source == "random" and not model_cfg.path:
+        config = transformers.AutoConfig.for_model(model_cfg.family, **_plain(model_cfg.config), **extra)
         for key, value in dropout_overrides(config, dropout).items():
             setattr(config, key, value)
         model = auto.from_config(config)

@@ -1,15 +1,24 @@
-"""One run's life in its directory: skip when complete, record status, keep failures visible.
+"""One run's life in its directory, owned here from start to end.
 
-``<run>/status.json`` says ``running``, ``complete`` or ``failed`` (with the error and, for
-unexpected errors, the traceback). ``metrics.json`` is written last, so a run directory with it is
-complete: re-launching the same command (or sweep) skips it unless ``force=true``. A failed job of
-a sweep does not stop the others. A user error (bad config or data) of a single run leaves nothing
-half-written in results/.
+:func:`execute` decides: skip a complete run, refuse a directory holding a run of other settings,
+else :func:`run` it. :func:`run` opens the directory (writable? ``config.yaml``, ``status.json``;
+a forced re-run keeps the old results as ``metrics.replaced.json``), has
+:func:`rocoft.training.train_and_evaluate` fit and evaluate (it writes only ``log.jsonl`` and
+``checkpoints/`` while it trains, and returns the results), then writes the predictions, the
+method's artifact and ``metrics.json`` (atomically, last), marks the run complete and removes its
+checkpoints.
+
+``<run>/status.json`` says ``running``, ``complete``, ``preempted`` or ``failed`` (with the error and,
+for unexpected errors, the traceback). Since ``metrics.json`` is written last, a run directory with
+it is complete: re-launching the same command (or sweep) skips it unless ``force=true``. A failed
+job of a sweep does not stop the others. A user error (bad config or data) of a single run leaves
+nothing half-written in results/.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import sys
@@ -19,9 +28,10 @@ from pathlib import Path
 
 from .checkpoint import Preempted, StopSignals
 from .errors import UserError
-from .utils import atomic_write_json
+from .utils import atomic_write_json, atomic_write_text, git_info, package_versions
 
 USER_ERROR_EXIT = 2
+METRICS_FORMAT = 2  # metrics.json version: 2 = every score a fraction (1, unversioned: QA/ROUGE/LLM in percent)
 # settings that do not change what a run computes: a run directory may be resumed or skipped across them
 NEUTRAL = {"force", "results_dir", "output_dir", "device", "logger", "save", "hydra", "train.resume",
            "train.checkpoint_every", "train.keep_checkpoints", "train.log_every", "train.eval_batch_size"}
@@ -74,13 +84,77 @@ def _remove_partial(run_dir: Path, stop: Path) -> None:
         parent = parent.parent
 
 
-def execute(cfg, multirun: bool = False):
-    """Run ``cfg`` unless already complete; returns the main validation metric (for Hydra sweepers)."""
-    from .training import run  # heavy imports only when a run really starts
+def check_output_dir(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write_test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"Cannot write to output_dir={run_dir} ({e.strerror}); "
+                        f"choose another with output_dir=... or results_dir=...") from None
+
+
+def open_run_dir(run_dir: Path, cfg) -> None:
+    """Before training: a writable directory, the old results of a forced re-run kept aside, the config, status."""
+    from omegaconf import OmegaConf
+
+    check_output_dir(run_dir)
+    if (run_dir / "metrics.json").exists():  # a forced re-run: no stale results, but the old ones kept aside
+        os.replace(run_dir / "metrics.json", run_dir / "metrics.replaced.json")
+    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    write_status(run_dir, "running")
+
+
+def close_run_dir(run_dir: Path, cfg, result, metrics: dict) -> None:
+    """After training: predictions, the method's artifact, metrics.json (last), status; checkpoints removed."""
+    for split, records in result.records.items():
+        if records is not None:
+            atomic_write_text(run_dir / f"predictions_{split}.jsonl",
+                              "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    save_artifacts(result.model, result.method, cfg, run_dir)
+    atomic_write_json(run_dir / "metrics.json", metrics)
+    write_status(run_dir, "complete")
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # the run is done: results + adapter stay
+
+
+def save_artifacts(model, method, cfg, run_dir: Path) -> None:
+    """The method's artifact in <run>/adapter (for RoCoFT: peft format); optionally a merged model."""
+    if cfg.save.adapter:
+        method.save(model, run_dir / "adapter")
+    if cfg.save.merged:
+        merged = method.merged(model)
+        if merged is None:
+            print(f"note: method={method.name} cannot be merged into the weights; no merged model written")
+        else:
+            merged.save_pretrained(run_dir / "merged")
+
+
+def run(cfg) -> dict:
+    """Train and evaluate ``cfg`` in its directory (``cfg.output_dir``), resuming from its latest checkpoint;
+    returns the metrics written to ``metrics.json``."""
+    from .training import build_accelerator, train_and_evaluate  # heavy imports only when a run really starts
 
     run_dir = Path(cfg.output_dir)
+    accelerator = build_accelerator(cfg)
+    main = accelerator.is_main_process
+    if main:
+        open_run_dir(run_dir, cfg)
+    result = train_and_evaluate(cfg, accelerator, run_dir)
+    metrics = {**result.metrics, "metrics_format": METRICS_FORMAT, "git": git_info(), "versions": package_versions()}
+    if main:
+        close_run_dir(run_dir, cfg, result, metrics)
+        print_summary(metrics, run_dir)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return metrics
+
+
+def execute(cfg, multirun: bool = False):
+    """Run ``cfg`` unless already complete; returns the main validation metric (for Hydra sweepers)."""
+    run_dir = Path(cfg.output_dir)
     done = read_json(run_dir / "metrics.json")
-    if not cfg.get("force", False) and (done is not None or (run_dir / "checkpoints").is_dir()):
+    if not cfg.force and (done is not None or (run_dir / "checkpoints").is_dir()):
         changed = changed_settings(run_dir, cfg)
         if changed:  # never skip to, or resume, a run of other settings
             shown = "; ".join(changed[:6]) + (f"; and {len(changed) - 6} more" if len(changed) > 6 else "")
@@ -92,7 +166,7 @@ def execute(cfg, multirun: bool = False):
             if multirun:
                 return None
             sys.exit(USER_ERROR_EXIT)
-    if done is not None and not cfg.get("force", False):
+    if done is not None and not cfg.force:
         print(f"{run_dir} is complete: skipping (force=true re-runs it).")
         return main_value(done)
     try:
@@ -125,3 +199,16 @@ def execute(cfg, multirun: bool = False):
 def main_value(metrics: dict):
     split = (metrics.get("eval_splits") or ["validation"])[0]
     return (metrics.get(split) or {}).get(metrics.get("main_metric"))
+
+
+def print_summary(metrics: dict, run_dir: Path) -> None:
+    p = metrics["params"]
+    print(f"\n{metrics['model']} / {metrics['task']} / {metrics['method']}"
+          f"{'' if metrics['rank'] is None else ' r=' + str(metrics['rank'])} / seed {metrics['seed']}")
+    for split in metrics["eval_splits"]:
+        print(f"  {split:<10} " + "  ".join(f"{k} {v:.4f}" for k, v in metrics[split].items()))
+    print(f"  trainable  {p['trainable']:,} of {p['total']:,} ({p['trainable_percent']:.3f}%), "
+          f"{p['trainable_without_head']:,} without the task head; {p['additional']:,} parameters added")
+    print(f"  time       {metrics['wall_time_s']:.1f} s wall ({metrics['train_time_s']:.1f} s training), "
+          f"peak memory {metrics['peak_memory_mb']:.0f} MB ({metrics['peak_memory_kind']})")
+    print(f"  results    {run_dir}")

@@ -8,7 +8,8 @@ from torch.utils.data import Sampler
 
 
 def example_lengths(dataset) -> list[int]:
-    return [len(row["input_ids"]) for row in dataset.rows]
+    """Token count of each example of an encoded dataset (rows of feature dicts with ``input_ids``)."""
+    return [len(dataset[i]["input_ids"]) for i in range(len(dataset))]
 
 
 class _EpochSeeded(Sampler[list[int]]):

@@ -1,4 +1,14 @@
-"""The training loop behind ``train.py``: compose -> build -> fit -> evaluate -> write results.
+"""Fit and evaluate one configuration, in named stages (as torchtune's recipes are written):
+
+    setup_data    task splits -> encoded datasets -> seeded, resumable loaders
+    setup_model   model + method.apply + optimizer + scheduler (+ Accelerate's prepare)
+    fit           the loop: steps, logging, periodic validation, checkpoints, resume, preemption
+    final         every evaluation split, scored by the task
+
+:func:`train_and_evaluate` runs them and *returns* the results (metrics, prediction records, the
+trained model and its method); writing them into the run directory, and the directory's whole
+life cycle, belong to :mod:`rocoft.runs`. While it trains, this module writes only the run's
+progress: ``log.jsonl`` and ``checkpoints/`` (through :class:`rocoft.checkpoint.Checkpointer`).
 
 Accelerate handles the device, mixed precision, gradient accumulation and multi-process
 (``accelerate launch train.py ...``) runs; the same code runs on CPU, one GPU or several.
@@ -7,12 +17,10 @@ Accelerate handles the device, mixed precision, gradient accumulation and multi-
 from __future__ import annotations
 
 import importlib.util
-import json
 import math
-import os
-import shutil
 import time
 from collections import defaultdict
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 
@@ -20,22 +28,20 @@ import torch
 import transformers
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
-from accelerate.utils import DataLoaderConfiguration
-from accelerate.utils import set_seed
+from accelerate.utils import DataLoaderConfiguration, set_seed
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from .checkpoint import Checkpointer, Position, Preempted, Resumed, StopSignals
+from .core import RoCoFTSlice
 from .errors import UserError
-from .methods import build_method
-from .runs import write_status
+from .methods import Method, build_method
 from .models import build_model, load_tokenizer
-from .checkpoint import Checkpointer, Preempted, StopSignals
 from .sampling import LengthGroupedBatchSampler, ShuffledBatchSampler, example_lengths, sorted_by_length
 from .tasks import build_task
-from .utils import (JsonlLog, atomic_write_json, atomic_write_text, git_info, package_versions, peak_memory,
-                    reset_peak_memory)
+from .utils import JsonlLog, peak_memory, reset_peak_memory
 
 
 def build_accelerator(cfg) -> Accelerator:
@@ -67,31 +73,31 @@ def build_accelerator(cfg) -> Accelerator:
                        dataloader_config=DataLoaderConfiguration(split_batches=True))
 
 
-def no_decay(name: str, param: torch.Tensor) -> bool:
+def no_decay(name: str, param: torch.Tensor, rocoft_values: frozenset[int] = frozenset()) -> bool:
     """Biases and 1-D norm weights get no weight decay (the usual transformers convention). RoCoFT's
-    trained values decay whatever their shape (the random-entry ablation keeps them as a 1-D vector)."""
+    trained values (``rocoft_values``: the ids of the RoCoFTSlice weights) decay whatever their shape
+    (the random-entry ablation keeps them as a 1-D vector)."""
     if name.endswith("bias"):
         return True
-    return param.ndim < 2 and not (".rocoft." in name or ".rocoft_slices." in name)
+    return param.ndim < 2 and id(param) not in rocoft_values
 
 
 def build_optimizer(model, train_cfg) -> torch.optim.Optimizer:
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not params:
         raise UserError("The method left no trainable parameter in the model.")
-    groups = [
-        {"params": [p for n, p in params if not no_decay(n, p)], "weight_decay": train_cfg.weight_decay},
-        {"params": [p for n, p in params if no_decay(n, p)], "weight_decay": 0.0},
-    ]
+    rocoft_values = frozenset(id(m.weight) for m in model.modules() if isinstance(m, RoCoFTSlice))
+    skip = {n for n, p in params if no_decay(n, p, rocoft_values)}
+    groups = [{"params": [p for n, p in params if n not in skip], "weight_decay": train_cfg.weight_decay},
+              {"params": [p for n, p in params if n in skip], "weight_decay": 0.0}]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=train_cfg.lr,
                              betas=tuple(train_cfg.adam_betas), eps=train_cfg.adam_eps)
 
 
 @torch.no_grad()
-def evaluate(model, loader, task, accelerator, split: str):
-    """Run ``task.predict_step`` over ``loader`` on every process; score the gathered outputs.
-
-    Returns the metrics and the task's per-example records (or None)."""
+def evaluate(model, loader, task, accelerator, dataset, split: str):
+    """Run ``task.predict_step`` over ``loader`` on every process; score the gathered outputs with
+    ``task.score(outputs, dataset)``. Returns the metrics and the per-example records (or None)."""
     was_training = model.training
     model.eval()
     outputs = defaultdict(list)
@@ -99,113 +105,147 @@ def evaluate(model, loader, task, accelerator, split: str):
         for k, v in accelerator.gather_for_metrics(task.predict_step(model, batch)).items():
             outputs[k].append(v.cpu())
     model.train(was_training)
-    outputs = {k: torch.cat(v) for k, v in outputs.items()}
-    return task.compute_metrics(outputs, split), task.prediction_records(outputs, split)
+    return task.score({k: torch.cat(v) for k, v in outputs.items()}, dataset)
 
 
-def check_output_dir(run_dir: Path) -> None:
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write_test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        raise UserError(f"Cannot write to output_dir={run_dir} ({e.strerror}); "
-                        f"choose another with output_dir=... or results_dir=...") from None
+# ---- stage 1: data
+@dataclass
+class Data:
+    task: object
+    tokenizer: object
+    datasets: dict  # split -> the task's encoded dataset
+    collate: object
+    sampler: ShuffledBatchSampler | LengthGroupedBatchSampler
+    train_loader: DataLoader
+    eval_loaders: dict[str, DataLoader]  # the task's evaluation splits that exist, validation first
 
 
-def run(cfg) -> dict:
-    """Train and evaluate one configuration; returns the metrics written to ``metrics.json``."""
-    start = time.time()
-    transformers.logging.set_verbosity_error()  # the load report of a new task head is expected
-    transformers.utils.logging.disable_progress_bar()
-    accelerator = build_accelerator(cfg)
-    reset_peak_memory(accelerator.device)
-    main = accelerator.is_main_process
-    run_dir = Path(cfg.output_dir)
-    if main:
-        check_output_dir(run_dir)
-        if (run_dir / "metrics.json").exists():  # a forced re-run: no stale results, but the old ones kept aside
-            os.replace(run_dir / "metrics.json", run_dir / "metrics.replaced.json")
-        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-        write_status(run_dir, "running")
+def setup_data(cfg, accelerator) -> Data:
     tcfg, dcfg = cfg.train, cfg.data
-    if cfg.logger.name == "wandb":
-        accelerator.init_trackers(cfg.logger.project, config=OmegaConf.to_container(cfg, resolve=True),
-                                  init_kwargs={"wandb": {"dir": str(run_dir), "entity": cfg.logger.entity,
-                                                         "tags": list(cfg.logger.tags),
-                                                         "name": "/".join(run_dir.parts[-4:])}})
-
-    # ---- data
     task = build_task(cfg.task)
     tokenizer = load_tokenizer(cfg.model)
     raw = task.splits(dcfg.max_train_samples, dcfg.max_eval_samples)
-    data = {split: task.encode(df, tokenizer, dcfg.max_length, split) for split, df in raw.items()}
-    if len(data["train"]) < tcfg.batch_size:
-        raise UserError(f"The train split has {len(data['train'])} examples, fewer than one batch "
+    datasets = {split: task.encode(df, tokenizer, dcfg.max_length, split) for split, df in raw.items()}
+    if len(datasets["train"]) < tcfg.batch_size:
+        raise UserError(f"The train split has {len(datasets['train'])} examples, fewer than one batch "
                         f"(train.batch_size={tcfg.batch_size}); lower train.batch_size or give more data.")
     if tcfg.batch_size % accelerator.num_processes:
         raise UserError(f"train.batch_size={tcfg.batch_size} is the global batch: it must be a multiple of the "
                         f"{accelerator.num_processes} processes.")
     collate = task.collate(tokenizer)
     if tcfg.group_by_length:
-        sampler = LengthGroupedBatchSampler(example_lengths(data["train"]), tcfg.batch_size, cfg.seed)
+        sampler = LengthGroupedBatchSampler(example_lengths(datasets["train"]), tcfg.batch_size, cfg.seed)
     else:
-        sampler = ShuffledBatchSampler(len(data["train"]), tcfg.batch_size, cfg.seed)
+        sampler = ShuffledBatchSampler(len(datasets["train"]), tcfg.batch_size, cfg.seed)
     # every loader gets a private generator: creating an iterator then never draws from the global RNG,
     # so dropout streams are the same whether a run is resumed or not
-    train_loader = DataLoader(data["train"], batch_sampler=sampler, collate_fn=collate, generator=torch.Generator())
-    eval_loaders = {s: DataLoader(data[s], batch_size=tcfg.eval_batch_size, collate_fn=collate,
-                                  sampler=sorted_by_length(example_lengths(data[s])), generator=torch.Generator())
-                    for s in task.eval_splits if s in data}
+    train_loader = DataLoader(datasets["train"], batch_sampler=sampler, collate_fn=collate,
+                              generator=torch.Generator())
+    eval_loaders = {s: DataLoader(datasets[s], batch_size=tcfg.eval_batch_size, collate_fn=collate,
+                                  sampler=sorted_by_length(example_lengths(datasets[s])), generator=torch.Generator())
+                    for s in task.eval_splits if s in datasets}
+    return Data(task, tokenizer, datasets, collate, sampler, train_loader, eval_loaders)
 
-    # ---- model + method (seed fixes new heads' init and the rows/columns chosen)
+
+# ---- stage 2: model, method, optimizer
+@dataclass
+class Trainee:
+    model: torch.nn.Module  # prepared by Accelerate (unwrap it to save)
+    method: Method
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    params: dict  # the method's parameter report
+    total_steps: int
+    steps_per_epoch: int
+
+
+def setup_model(cfg, data: Data, accelerator) -> Trainee:
+    """Build the model, apply the method (the seed fixes new heads' init and the rows/columns chosen),
+    then the optimizer and scheduler. Accelerate prepares the model, the optimizer and ``data``'s loaders
+    (which are replaced by the prepared ones)."""
+    tcfg, task = cfg.train, data.task
     set_seed(cfg.seed)
     method = build_method(cfg.method, cfg.model, task.kind, cfg.seed)
-    model = build_model(cfg.model, task.kind, task.num_labels, tokenizer, dropout=cfg.get("dropout"))
+    model = build_model(cfg.model, task.kind, task.num_labels, data.tokenizer, dropout=cfg.dropout)
     base_total = sum(p.numel() for p in model.parameters())
     # split_batches: every process iterates all len(train_loader) batches (each a slice of the global batch)
-    steps_per_epoch = math.ceil(len(train_loader) / tcfg.gradient_accumulation_steps)
+    steps_per_epoch = math.ceil(len(data.train_loader) / tcfg.gradient_accumulation_steps)
     total_steps = tcfg.max_steps if tcfg.max_steps and tcfg.max_steps > 0 else steps_per_epoch * tcfg.epochs
-    calib = DataLoader(data["train"], batch_size=tcfg.batch_size, collate_fn=collate, generator=torch.Generator())
-    n_calib = cfg.method.get("calibration_batches") or 0
-    model = method.apply(model, calibration_batches=list(islice(calib, n_calib)) if n_calib else None,
-                         total_steps=total_steps)
+    calibration = None
+    if method.calibration_batches:
+        loader = DataLoader(data.datasets["train"], batch_size=tcfg.batch_size, collate_fn=data.collate,
+                            generator=torch.Generator())
+        calibration = list(islice(loader, method.calibration_batches))
+    model = method.apply(model, calibration_batches=calibration, total_steps=total_steps)
     if tcfg.gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     params = method.parameter_report(model, base_total)
-
     optimizer = method.optimizer(model, tcfg) or build_optimizer(model, tcfg)
-    model, optimizer, train_loader, *loaders = accelerator.prepare(model, optimizer, train_loader,
-                                                                   *eval_loaders.values())
-    eval_loaders = dict(zip(eval_loaders, loaders))
+    model, optimizer, data.train_loader, *loaders = accelerator.prepare(model, optimizer, data.train_loader,
+                                                                        *data.eval_loaders.values())
+    data.eval_loaders = dict(zip(data.eval_loaders, loaders))
     warmup = tcfg.warmup_steps if tcfg.warmup_steps is not None else int(tcfg.warmup_ratio * total_steps)
     scheduler = get_scheduler(tcfg.scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+    return Trainee(model, method, optimizer, scheduler, params, total_steps, steps_per_epoch)
 
-    # ---- train (resuming from the latest checkpoint of this run directory, if any)
-    ckpt = Checkpointer(run_dir / "checkpoints", keep=tcfg.keep_checkpoints, enabled=main)
-    resumed = ckpt.load_latest(accelerator.unwrap_model(model), optimizer, scheduler) if tcfg.resume else None
-    step, epoch, in_epoch, history = 0, 0, 0, []
-    if resumed:
-        step, epoch, in_epoch, history = resumed["step"], resumed["epoch"], resumed["in_epoch"], resumed["history"]
-        if resumed.get("method_state") is not None:
-            method.load_extra_state(accelerator.unwrap_model(model), resumed["method_state"])
-        print(f"Resuming from {resumed['path']} (step {step})")
-    log = JsonlLog(run_dir / "log.jsonl", enabled=main, keep_until_step=step if resumed else None)
-    earlier = (resumed or {}).get("elapsed") or {}  # time and memory of the run before its last resume
-    eval_every = tcfg.eval_every or steps_per_epoch
+
+# ---- stage 3: fit
+@dataclass
+class Clock:
+    """Wall and training time and peak memory of a run, its time before a resume included."""
+
+    device: torch.device
+    earlier: dict = field(default_factory=lambda: Position().elapsed)  # of the checkpoint resumed from
+    start: float = field(default_factory=time.time)
+    train_start: float | None = None
+
+    def wall(self) -> float:
+        return self.earlier["wall_time_s"] + time.time() - self.start
+
+    def training(self) -> float:
+        return self.earlier["train_time_s"] + time.time() - self.train_start
+
+    def memory(self) -> dict:
+        return peak_memory(self.device, at_least_mb=self.earlier["peak_memory_mb"])
+
+    def elapsed(self) -> dict:
+        return {"wall_time_s": self.wall(), "train_time_s": self.training(),
+                "peak_memory_mb": self.memory()["peak_memory_mb"]}
+
+
+def resume(cfg, trainee: Trainee, checkpointer: Checkpointer, accelerator) -> Resumed | None:
+    """Put back the run directory's latest checkpoint, if any (``train.resume``)."""
+    if not cfg.train.resume:
+        return None
+    unwrapped = accelerator.unwrap_model(trainee.model)
+    resumed = checkpointer.load_latest(unwrapped, trainee.optimizer, trainee.scheduler)
+    if resumed is not None:
+        if resumed.method_state is not None:
+            trainee.method.load_extra_state(unwrapped, resumed.method_state)
+        print(f"Resuming from {resumed.path} (step {resumed.position.step})")
+    return resumed
+
+
+def fit(cfg, accelerator, data: Data, trainee: Trainee, position: Position, log: JsonlLog,
+        checkpointer: Checkpointer, clock: Clock) -> Position:
+    """Train from ``position`` to ``total_steps``; returns the final position. On SIGTERM / SIGUSR1: save a
+    checkpoint at the next step and raise :class:`Preempted`."""
+    tcfg, task, method = cfg.train, data.task, trainee.method
+    model, optimizer, scheduler = trainee.model, trainee.optimizer, trainee.scheduler
+    total, per_epoch = trainee.total_steps, trainee.steps_per_epoch
+    step, epoch, in_epoch, history = position.step, position.epoch, position.in_epoch, position.history
+    eval_every = tcfg.eval_every or per_epoch
     val_split = task.eval_splits[0]
     window = []
-    bar = tqdm(total=total_steps, initial=step, desc=f"train {cfg.method.tag}",
-               disable=not accelerator.is_local_main_process)
+    bar = tqdm(total=total, initial=step, desc=f"train {cfg.method.tag}", disable=not accelerator.is_local_main_process)
     model.train()
-    train_start = time.time()
+    clock.train_start = time.time()
     with StopSignals() as stop:
-        while step < total_steps:
-            train_loader.set_epoch(epoch)  # the prepared loader passes it on to our sampler at each __iter__
-            sampler.set_epoch(epoch)
-            batches = accelerator.skip_first_batches(train_loader, in_epoch) if in_epoch else train_loader
-            for batch in batches:
+        while step < total:
+            data.train_loader.set_epoch(epoch)  # the prepared loader passes it on to our sampler at each __iter__
+            data.sampler.set_epoch(epoch)
+            loader = data.train_loader
+            for batch in (accelerator.skip_first_batches(loader, in_epoch) if in_epoch else loader):
                 in_epoch += 1
                 with accelerator.accumulate(model):
                     loss = model(**batch).loss
@@ -227,96 +267,88 @@ def run(cfg) -> dict:
                 if not math.isfinite(step_loss):
                     raise UserError(f"Training diverged: loss is {step_loss} at step {step}; lower train.lr "
                                     f"(now {tcfg.lr}).")
-                if step % tcfg.log_every == 0 or step == total_steps:
-                    log.write(step=step, epoch=round(step / steps_per_epoch, 4), loss=step_loss, lr=lr)
+                if step % tcfg.log_every == 0 or step == total:
+                    log.write(step=step, epoch=round(step / per_epoch, 4), loss=step_loss, lr=lr)
                     accelerator.log({"train/loss": step_loss, "train/lr": lr}, step=step)
                 bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
                 bar.update(1)
-                if val_split in eval_loaders and step % eval_every == 0 and step < total_steps:
-                    result, _ = evaluate(model, eval_loaders[val_split], task, accelerator, val_split)
+                if val_split in data.eval_loaders and step % eval_every == 0 and step < total:
+                    result, _ = evaluate(model, data.eval_loaders[val_split], task, accelerator,
+                                         data.datasets[val_split], val_split)
                     log.write(step=step, split=val_split, **result)
                     accelerator.log({f"{val_split}/{k}": v for k, v in result.items()}, step=step)
                     history.append({"step": step, **result})
-                at_end = in_epoch == len(train_loader)
-                position = {"step": step, "epoch": epoch + at_end, "in_epoch": 0 if at_end else in_epoch,
-                            "history": history, "elapsed": elapsed(earlier, start, train_start, accelerator.device)}
+                at_end = in_epoch == len(loader)
+                position = Position(step, epoch + at_end, 0 if at_end else in_epoch, history, clock.elapsed())
                 if stop.received is not None or (tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0):
                     unwrapped = accelerator.unwrap_model(model)
-                    ckpt.save(unwrapped, optimizer, scheduler, position, method.extra_state(unwrapped))
+                    checkpointer.save(unwrapped, optimizer, scheduler, position, method.extra_state(unwrapped))
                 if stop.received is not None:
                     log.close()
                     raise Preempted(stop.received, step)
-                if step >= total_steps:
+                if step >= total:
                     break
             else:
                 epoch, in_epoch = epoch + 1, 0
     bar.close()
-    train_time = time.time() - train_start + earlier.get("train_time_s", 0.0)
+    return Position(step, epoch, in_epoch, history, clock.elapsed())
 
-    # ---- final evaluation and results
-    final = {}
-    for split, loader in eval_loaders.items():
-        final[split], records = evaluate(model, loader, task, accelerator, split)
-        log.write(step=step, split=split, final=True, **final[split])
-        accelerator.log({f"final/{split}/{k}": v for k, v in final[split].items()}, step=step)
-        if records is not None and main:
-            atomic_write_text(run_dir / f"predictions_{split}.jsonl",
-                              "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+# ---- stage 4: final evaluation
+def final_evaluation(accelerator, data: Data, trainee: Trainee, step: int, log: JsonlLog):
+    """Score every evaluation split: ``({split: metrics}, {split: records or None})``."""
+    metrics, records = {}, {}
+    for split, loader in data.eval_loaders.items():
+        metrics[split], records[split] = evaluate(trainee.model, loader, data.task, accelerator,
+                                                  data.datasets[split], split)
+        log.write(step=step, split=split, final=True, **metrics[split])
+        accelerator.log({f"final/{split}/{k}": v for k, v in metrics[split].items()}, step=step)
+    return metrics, records
+
+
+@dataclass
+class Result:
+    """What a run produced, for :mod:`rocoft.runs` to write."""
+
+    metrics: dict  # the content of metrics.json (without the suite's provenance)
+    records: dict[str, list[dict] | None]  # per evaluation split: predictions_<split>.jsonl records
+    model: torch.nn.Module  # the trained model, unwrapped
+    method: Method  # saves the model's artifact
+
+
+def train_and_evaluate(cfg, accelerator: Accelerator, run_dir: Path) -> Result:
+    """All four stages; resumes from the latest checkpoint in ``run_dir/checkpoints`` (``train.resume``)."""
+    clock = Clock(accelerator.device)
+    transformers.logging.set_verbosity_error()  # the load report of a new task head is expected
+    transformers.utils.logging.disable_progress_bar()
+    reset_peak_memory(accelerator.device)
+    main = accelerator.is_main_process
+    if cfg.logger.name == "wandb":
+        accelerator.init_trackers(cfg.logger.project, config=OmegaConf.to_container(cfg, resolve=True),
+                                  init_kwargs={"wandb": {"dir": str(run_dir), "entity": cfg.logger.entity,
+                                                         "tags": list(cfg.logger.tags),
+                                                         "name": "/".join(run_dir.parts[-4:])}})
+    data = setup_data(cfg, accelerator)
+    trainee = setup_model(cfg, data, accelerator)
+    checkpointer = Checkpointer(run_dir / "checkpoints", keep=cfg.train.keep_checkpoints, enabled=main)
+    resumed = resume(cfg, trainee, checkpointer, accelerator)
+    position = resumed.position if resumed else Position()
+    clock.earlier = position.elapsed  # time and memory of the run before its last resume
+    log = JsonlLog(run_dir / "log.jsonl", enabled=main, keep_until_step=position.step if resumed else None)
+    position = fit(cfg, accelerator, data, trainee, position, log, checkpointer, clock)
+    train_time = clock.training()
+    final, records = final_evaluation(accelerator, data, trainee, position.step, log)
     log.close()
     metrics = {
         "model": cfg.model.name, "task": cfg.task.name, "method": cfg.method.name,
-        "rank": method.rank, "seed": cfg.seed, "main_metric": task.main_metric,
-        **{split: result for split, result in final.items()}, "eval_splits": list(final),
-        "validation_history": history,
-        "params": params,
-        "steps": step, "train_examples": len(data["train"]),
-        "wall_time_s": time.time() - start + earlier.get("wall_time_s", 0.0), "train_time_s": train_time,
-        **peak_memory(accelerator.device, at_least_mb=earlier.get("peak_memory_mb")),
-        "resumed": bool(resumed),
+        "rank": trainee.method.rank, "seed": cfg.seed, "main_metric": data.task.main_metric,
+        **final, "eval_splits": list(final),
+        "validation_history": position.history,
+        "params": trainee.params,
+        "steps": position.step, "train_examples": len(data.datasets["train"]),
+        "wall_time_s": clock.wall(), "train_time_s": train_time, **clock.memory(),
+        "resumed": resumed is not None,
         "device": str(accelerator.device), "num_processes": accelerator.num_processes,
         "mixed_precision": accelerator.mixed_precision,
-        "git": git_info(), "versions": package_versions(),
     }
-    if main:
-        save_artifacts(accelerator.unwrap_model(model), method, cfg, run_dir)
-        atomic_write_json(run_dir / "metrics.json", metrics)
-        write_status(run_dir, "complete")
-        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # the run is done: results + adapter stay
-        print_summary(metrics, run_dir)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return metrics
-
-
-def elapsed(earlier: dict, start: float, train_start: float, device) -> dict:
-    """Wall and training time and peak memory of the run so far, its time before a resume included."""
-    now = time.time()
-    return {"wall_time_s": earlier.get("wall_time_s", 0.0) + now - start,
-            "train_time_s": earlier.get("train_time_s", 0.0) + now - train_start,
-            "peak_memory_mb": peak_memory(device, at_least_mb=earlier.get("peak_memory_mb"))["peak_memory_mb"]}
-
-
-def save_artifacts(model, method, cfg, run_dir: Path) -> None:
-    """The method's artifact in <run>/adapter (for RoCoFT: peft format); optionally a merged model."""
-    if cfg.save.adapter:
-        method.save(model, run_dir / "adapter")
-    if cfg.save.merged:
-        merged = method.merged(model)
-        if merged is None:
-            print(f"note: method={method.name} cannot be merged into the weights; no merged model written")
-        else:
-            merged.save_pretrained(run_dir / "merged")
-
-
-def print_summary(metrics: dict, run_dir: Path) -> None:
-    p = metrics["params"]
-    print(f"\n{metrics['model']} / {metrics['task']} / {metrics['method']}"
-          f"{'' if metrics['rank'] is None else ' r=' + str(metrics['rank'])} / seed {metrics['seed']}")
-    for split in metrics.get("eval_splits", []):
-        if split in metrics:
-            print(f"  {split:<10} " + "  ".join(f"{k} {v:.4f}" for k, v in metrics[split].items()))
-    print(f"  trainable  {p['trainable']:,} of {p['total']:,} ({p['trainable_percent']:.3f}%), "
-          f"{p['trainable_without_head']:,} without the task head; {p['additional']:,} parameters added")
-    print(f"  time       {metrics['wall_time_s']:.1f} s wall ({metrics['train_time_s']:.1f} s training), "
-          f"peak memory {metrics['peak_memory_mb']:.0f} MB ({metrics['peak_memory_kind']})")
-    print(f"  results    {run_dir}")
+    return Result(metrics, records, accelerator.unwrap_model(trainee.model), trainee.method)

@@ -1,34 +1,22 @@
-"""scripts/bench_efficiency.py on the tiny shape, CPU: files, records, exact parameter counts, ratios."""
+"""The efficiency benchmark's command line (rocoft.bench.cli, behind scripts/bench_efficiency.py) on the tiny
+shape, CPU: files, records, exact parameter counts, ratios, option checks."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from rocoft.bench.cli import build_parser, main, resolve
+from rocoft.bench.shapes import SHAPES
+
 VARIANTS = ["frozen_floor", "rocoft_row_r1", "rocoft_col_r1", "lora_r8", "torchcat_row_r3", "full_ft"]
 
 
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_efficiency", ROOT / "scripts" / "bench_efficiency.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
-def bench():
-    return load_bench()
-
-
-@pytest.fixture(scope="module")
-def run(bench, tmp_path_factory):
+def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    result = bench.main(["--shape", "tiny", "--device", "cpu", "--warmup", "1", "--repeats", "2",
-                         "--variants", ",".join(VARIANTS), "--out", str(out), "--no-progress"])
+    result = main(["--shape", "tiny", "--device", "cpu", "--warmup", "1", "--repeats", "2",
+                   "--variants", ",".join(VARIANTS), "--out", str(out), "--no-progress"])
     return result, out
 
 
@@ -63,9 +51,9 @@ def test_files_and_records(run):
     assert md.strip() in result["table"]
 
 
-def test_trainable_counts(run, bench):
+def test_trainable_counts(run):
     records = {r["variant"]: r for r in run[0]["records"]}
-    expected = expected_counts(bench.SHAPES["tiny"].config)
+    expected = expected_counts(SHAPES["tiny"].config)
     assert expected["rocoft_row_r1"] == 2 * (5 * 64 + 256)  # sanity of the formula on the tiny shape
     for name, n in expected.items():
         assert records[name]["trainable_params"] == n, name
@@ -87,9 +75,9 @@ def test_ratios_and_times(run):
         assert r["final_loss"] == r["final_loss"]  # not NaN
 
 
-def test_floor_added_and_bad_options(bench, tmp_path, capsys):
-    _, settings, variants = bench.resolve(*_parsed(bench, ["--shape", "tiny", "--device", "cpu",
-                                                           "--variants", "rocoft_col_r3,lora_r4"]))
+def test_floor_added_and_bad_options(tmp_path, capsys):
+    _, settings, variants = resolve(*_parsed(["--shape", "tiny", "--device", "cpu",
+                                              "--variants", "rocoft_col_r3,lora_r4"]))
     assert [v.name for v in variants] == ["frozen_floor", "rocoft_col_r3", "lora_r4"]
     assert (settings[0].batch, settings[0].seq_len, settings[0].warmup, settings[0].repeats) == (4, 32, 2, 5)
     bad = [(["--shape", "llama2-7b", "--device", "cpu"], "GPU only"),
@@ -100,71 +88,10 @@ def test_floor_added_and_bad_options(bench, tmp_path, capsys):
            (["--shape", "tiny", "--device", "cpu", "--seq-len", "4096"], "exceeds")]
     for argv, message in bad:
         with pytest.raises(SystemExit):
-            bench.main(argv + ["--out", str(tmp_path)])
+            main(argv + ["--out", str(tmp_path)])
         assert message in capsys.readouterr().err, argv
 
 
-def _parsed(bench, argv):
-    parser = bench.build_parser()
+def _parsed(argv):
+    parser = build_parser()
     return parser.parse_args(argv), parser
-
-
-ESTIMATE_VARIANTS = ["frozen_floor", "rocoft_row_r1", "rocoft_col_r1", "lora_r8", "full_ft"]
-
-
-def test_memory_estimate_matches_profiled_cpu_run(bench):
-    """Fake-tensor estimate (no arithmetic) against a real CPU step measured by the torch profiler."""
-    import torch
-
-    for name in ESTIMATE_VARIANTS:
-        s = bench.Settings(shape=bench.SHAPES["tiny-llama"], device=torch.device("cpu"), dtype="float32",
-                           autocast=False, batch=4, seq_len=32, warmup=1, repeats=1)
-        est = bench.estimate_memory(s, bench.parse_variant(name))
-        inputs = bench.make_inputs(s.shape, s.batch, s.seq_len, s.device, s.input_seed)
-        inputs.pop("attention_mask")
-        runner = bench.Runner(s, bench.parse_variant(name), inputs)
-        runner.step()  # optimizer state exists, as in the estimate's later steps
-        real = runner.cpu_memory()
-        assert est["trainable_params"] == runner.counts["trainable_params"]
-        assert est["peak_mb"] == pytest.approx(real["peak_mb"], rel=0.05), name
-        if name == "frozen_floor":  # elsewhere the real run's static figure includes AdamW state
-            assert est["static_mb"] == pytest.approx(real["static_mb"], rel=0.02), name
-
-
-def test_memory_estimate_cli(bench, tmp_path):
-    result = bench.main(["--shape", "tiny-llama", "--estimate-memory", "--variants", ",".join(ESTIMATE_VARIANTS),
-                         "--out", str(tmp_path), "--no-progress"])
-    assert Path(result["json"]).name == "efficiency_tiny-llama_fake.json"
-    records = {r["variant"]: r for r in json.loads(Path(result["json"]).read_text())}
-    assert all(r["device"] == "fake" and r["memory_measure"] == "fake_tensor_estimate" for r in records.values())
-    assert records["frozen_floor"]["ratio_mem_vs_floor"] == 1.0
-    assert records["full_ft"]["peak_mb"] > records["lora_r8"]["peak_mb"] > records["frozen_floor"]["peak_mb"]
-    assert records["rocoft_col_r1"]["peak_mb"] < records["rocoft_row_r1"]["peak_mb"]
-    assert "estimated peak MB" in result["table"]
-    # llama2-7b needs no GPU for the estimate, and takes the CUDA settings
-    _, settings, _ = bench.resolve(*_parsed(bench, ["--shape", "llama2-7b", "--estimate-memory"]))
-    assert (settings[0].dtype, settings[0].batch, settings[0].seq_len) == ("bfloat16", 4, 512)
-
-
-def test_rows_rebuilding_inputs_saves_exactly_the_down_proj_inputs(bench):
-    """Peak of live storages (real CPU tensors) with and without reuse_saved_inputs on a tiny LLaMA:
-    rows keep x for their gradient; rebuilding SwiGLU's act(gate) * up spares exactly those tensors."""
-    import torch
-
-    from rocoft import RoCoFTConfig, apply_rocoft
-
-    shape = bench.SHAPES["tiny-llama"]
-    batch, seq = 4, 32
-    peaks = {}
-    for reuse in (True, False):
-        model = bench.build_model(shape, torch.device("cpu"), torch.float32, 0)
-        apply_rocoft(model, RoCoFTConfig(axis="row", rank=2, reuse_saved_inputs=reuse))
-        inputs = bench.make_inputs(shape, batch, seq, torch.device("cpu"), 0)
-        live = bench.LiveStorageBytes()
-        with live:
-            model(**inputs).loss.backward()
-        peaks[reuse] = live.peak
-    per_layer = batch * seq * shape.config["intermediate_size"] * 4  # float32 down_proj input
-    granule = bench.LiveStorageBytes.GRANULE
-    expected = shape.config["num_hidden_layers"] * (-(-per_layer // granule) * granule)
-    assert peaks[False] - peaks[True] == expected

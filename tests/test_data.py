@@ -6,17 +6,15 @@ import torch
 
 from conftest import compose_config
 from rocoft.errors import UserError
-from rocoft.metrics import classification_metrics
 from rocoft.models import load_tokenizer
 from rocoft.sampling import LengthGroupedBatchSampler
 from rocoft.tasks import build_task
-from rocoft.tasks.data import load_splits
 
 
 @pytest.mark.parametrize("task,n_train", [("rotten_tomatoes", 8530 - 2000), ("imdb", 25000 - 96 - 2000)])
 def test_packaged_split_is_stratified_disjoint_and_fixed(task, n_train):
     cfg = compose_config([f"task={task}"]).task
-    splits = load_splits(cfg)
+    splits = build_task(cfg).load()
     assert {k: len(v) for k, v in splits.items()} == {"train": n_train, "validation": 1000, "test": 1000}
     texts = {k: set(v.text) for k, v in splits.items()}
     assert not (texts["train"] & texts["test"]) and not (texts["train"] & texts["validation"])
@@ -24,7 +22,7 @@ def test_packaged_split_is_stratified_disjoint_and_fixed(task, n_train):
     pool = pd.concat(splits.values()).label.mean()
     for df in splits.values():  # stratified: each split's class balance is the pool's, to one example
         assert abs(df.label.mean() - pool) <= 1 / len(df)
-    again = load_splits(compose_config([f"task={task}", "seed=7"]).task)  # the run seed does not move it
+    again = build_task(compose_config([f"task={task}", "seed=7"]).task).load()  # the run seed does not move it
     assert all(again[k].text.tolist() == splits[k].text.tolist() for k in splits)
 
 
@@ -39,7 +37,7 @@ def test_data_files_override_and_carving(tmp_path):
     test = write_csv(tmp_path / "test.csv", rows[:6])
     cfg = compose_config(["task=rotten_tomatoes", f"++task.data_files.train={train}",
                           f"++task.data_files.test={test}", "task.split.validation=10"]).task
-    splits = load_splits(cfg)
+    splits = build_task(cfg).load()
     assert len(splits["test"]) == 6 and len(splits["validation"]) == 10 and len(splits["train"]) == 30
     assert splits["validation"].label.sum() == 5
 
@@ -60,13 +58,13 @@ def test_missing_column_and_bad_labels_are_clear(tmp_path):
 def test_missing_data_file_is_clear(tmp_path):
     cfg = compose_config([f"++task.data_files.train={tmp_path / 'nope.csv'}"]).task
     with pytest.raises(UserError, match="does not exist"):
-        load_splits(cfg)
+        build_task(cfg).load()
 
 
 def test_offline_hub_dataset_without_files_names_the_dataset_and_the_fix():
     cfg = compose_config(["task.dataset.source=hub"]).task
     with pytest.raises(UserError) as err:
-        load_splits(cfg)
+        build_task(cfg).load()
     msg = str(err.value)
     assert "cornell-movie-review-data/rotten_tomatoes" in msg and "task.data_files.train=" in msg
     assert "text" in msg and "label" in msg
@@ -91,14 +89,6 @@ def test_length_grouped_sampler_covers_every_example_once_and_is_seeded():
     assert spread(epoch0) < 0.5 * spread(random_batches)
 
 
-def test_classification_metrics_against_hand_computed_values():
-    # preds 1 0 1 1 0 ; labels 1 0 0 1 1 -> TP=2 FP=1 FN=1 TN=1
-    m = classification_metrics([1, 0, 1, 1, 0], [1, 0, 0, 1, 1], ("accuracy", "f1", "matthews_corr"))
-    assert m["accuracy"] == pytest.approx(3 / 5)
-    assert m["f1"] == pytest.approx(2 * 2 / (2 * 2 + 1 + 1))
-    assert m["matthews_corr"] == pytest.approx((2 * 1 - 1 * 1) / (3 * 3 * 2 * 2) ** 0.5)
-
-
 def test_tsv_and_csv_keep_quotes_and_na_words(tmp_path):
     from rocoft.tasks.data import read_table
 
@@ -115,23 +105,37 @@ def test_tsv_and_csv_keep_quotes_and_na_words(tmp_path):
 
 
 def test_fractional_carving_is_a_fraction_of_the_whole_file():
-    from omegaconf import OmegaConf
-
-    from rocoft.tasks.data import carve_splits
+    from rocoft.tasks.data import SplitSpec, carve_splits
 
     df = pd.DataFrame({"text": [f"t{i}" for i in range(1000)], "label": [i % 2 for i in range(1000)]})
-    out = carve_splits({"train": df}, OmegaConf.create({"validation": 0.1, "test": 0.1, "seed": 0}), "label")
+    out = carve_splits({"train": df}, SplitSpec(validation=0.1, test=0.1, seed=0), "label")
     assert (len(out["train"]), len(out["validation"]), len(out["test"])) == (800, 100, 100)
 
 
-def test_f1_averages_over_the_tasks_labels_not_those_present():
-    from sklearn.metrics import f1_score
+def test_task_configs_are_constructor_arguments():
+    from rocoft.tasks import PROTOCOL_KEYS
+    from rocoft.tasks.classification import ClassificationTask
 
-    labels, preds = [0, 1, 1, 0, 1], [0, 1, 0, 0, 2]  # a 3-class task; class 2 is absent from the labels
-    got = classification_metrics(preds, labels, ("f1",), num_labels=3)["f1"]
-    assert got == pytest.approx(f1_score(labels, preds, average="macro", labels=[0, 1, 2], zero_division=0))
-    labels, preds = [0, 1, 1, 0], [0, 1, 0, 0]  # 3 classes, none predicted or labelled 2: still macro
-    assert classification_metrics(preds, labels, ("f1",), num_labels=3)["f1"] == pytest.approx(
-        f1_score(labels, preds, average="macro", labels=[0, 1, 2], zero_division=0))
-    assert classification_metrics(preds, labels, ("f1",), num_labels=2)["f1"] == pytest.approx(
-        f1_score(labels, preds))  # two classes: F1 of class 1 (MRPC / QQP)
+    cfg = compose_config(["task=cola"]).task
+    assert cfg._target_ == "rocoft.tasks.classification.ClassificationTask"
+    assert {"hparams", "lr", "rocoft", "seq_len", "kind"} <= set(cfg) and set(PROTOCOL_KEYS) <= set(cfg) | {"kind"}
+    task = build_task(cfg)  # the protocol keys (read by conf/config.yaml and the methods) are left out
+    assert isinstance(task, ClassificationTask) and task.metrics == ["matthews_corr", "accuracy"]
+    assert (task.main_metric, task.eval_splits, task.split.seed) == ("matthews_corr", ["validation"], 1234)
+    direct = ClassificationTask(name="mine", text_fields=["review"], num_labels=3)  # usable without a config
+    assert direct.num_labels == 3 and direct.eval_splits == ["validation", "test"] and direct.main_metric == "accuracy"
+    with pytest.raises(UserError, match="no setting.*'text_feilds'"):
+        build_task(compose_config(["task=cola", "+task.text_feilds=[a]"]).task)
+    with pytest.raises(UserError, match="task.split"):
+        build_task(compose_config(["task=cola", "+task.split.sed=1"]).task)
+
+
+def test_encode_returns_what_scoring_needs_and_the_task_keeps_no_split_state():
+    tok = load_tokenizer(compose_config(["model=tiny_encoder"]).model)
+    task = build_task(compose_config().task)
+    a = task.encode(pd.DataFrame({"text": ["good", "bad", "fine"], "label": [1, 0, 1]}), tok, 16, "validation")
+    b = task.encode(pd.DataFrame({"text": ["dull", "nice"], "label": [0, 1]}), tok, 16, "test")
+    assert (a.split, len(a), b.split, len(b)) == ("validation", 3, "test", 2) and a.tokenizer is tok
+    assert [r["labels"] for r in a.rows] == [1, 0, 1] and a[0] is a.rows[0]
+    metrics, records = task.score({"preds": torch.tensor([1, 1, 1]), "labels": torch.tensor([1, 0, 1])}, a)
+    assert metrics == {"accuracy": pytest.approx(2 / 3), "f1": pytest.approx(0.8)} and records is None

@@ -8,12 +8,13 @@ import pytest
 import torch
 
 from conftest import ROOT, compose_config, small_run_overrides
-from rocoft.core import RoCoFTLinear
+from rocoft.core import RoCoFTSlice, rocoft_layers
 from rocoft.methods import build_method
 from rocoft.models import build_model, load_tokenizer
-from rocoft.training import run
+from rocoft.runs import run
 
-METRIC_KEYS = {"validation", "test", "params", "wall_time_s", "peak_memory_mb", "git", "steps", "versions"}
+METRIC_KEYS = {"validation", "test", "params", "wall_time_s", "peak_memory_mb", "git", "steps", "versions",
+               "metrics_format"}
 
 
 def read_jsonl(path):
@@ -32,7 +33,7 @@ def test_default_run_from_the_cli_writes_every_file(tmp_path):
     assert [r["step"] for r in steps] == [1, 2, 3, 4]
     assert all(r["loss"] > 0 and r["lr"] >= 0 for r in steps)
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert METRIC_KEYS <= set(metrics)
+    assert METRIC_KEYS <= set(metrics) and metrics["metrics_format"] == 2
     for split in ("validation", "test"):
         assert 0.0 <= metrics[split]["accuracy"] <= 1.0 and 0.0 <= metrics[split]["f1"] <= 1.0
         assert metrics[split]["accuracy"] * 48 == pytest.approx(round(metrics[split]["accuracy"] * 48))
@@ -82,7 +83,7 @@ def test_untargeted_and_frozen_entries_stay_bit_identical(tmp_path, method):
     model = build_model(cfg.model, "classification", 2, tokenizer)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     model = build_method(cfg.method, cfg.model, "classification", 0).apply(model)
-    layers = {n: m for n, m in model.named_modules() if isinstance(m, RoCoFTLinear)}
+    layers = dict(rocoft_layers(model))
     assert len(layers) == 2 * 6
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.05, weight_decay=0.1)
     ids = torch.randint(1000, 2000, (4, 12))
@@ -90,16 +91,16 @@ def test_untargeted_and_frozen_entries_stay_bit_identical(tmp_path, method):
         model(input_ids=ids, labels=torch.tensor([0, 1, 0, 1])).loss.backward()
         opt.step()
         opt.zero_grad()
-    for layer in layers.values():
-        layer.rocoft.sync(layer.base_layer.weight)
-    after = {k.replace("base_layer.", ""): v for k, v in model.state_dict().items()
-             if ".rocoft." not in k}
+    with torch.no_grad():
+        model(input_ids=ids)  # a forward writes the trained values into the weights
+    slices = {f"{n}.{k}" for n, m in model.named_modules() if isinstance(m, RoCoFTSlice) for k in m.state_dict()}
+    after = {k.replace("base_layer.", ""): v for k, v in model.state_dict().items() if k not in slices}
     dim = 0 if cfg.method.axis == "row" else 1
     for name, layer in layers.items():
         key = name.replace("base_layer.", "") + ".weight"
         w0, w1 = before[key], after[key]
         keep = torch.ones(w0.shape[dim], dtype=torch.bool)
-        keep[layer.rocoft.index] = False
+        keep[layer.slice().index] = False
         sel = (slice(None),) * dim + (keep,)
         assert torch.equal(w0[sel], w1[sel]), name
         assert not torch.equal(w0, w1), f"{name}: trained slice did not move"
@@ -148,7 +149,7 @@ def test_seed_controls_random_rows_and_head_init():
         torch.manual_seed(seed)
         model = build_model(cfg.model, "classification", 2, load_tokenizer(cfg.model))
         model = build_method(cfg.method, cfg.model, "classification", seed).apply(model)
-        rows = [m.rocoft.index.tolist() for m in model.modules() if isinstance(m, RoCoFTLinear)]
+        rows = [layer.slice().index.tolist() for _, layer in rocoft_layers(model)]
         return rows, model.classifier.weight.detach().clone()
 
     rows0, head0 = build(0)

@@ -7,7 +7,7 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import CONF, compose_config
-from rocoft.core import RoCoFTLinear
+from rocoft.core import rocoft_layers
 from rocoft.errors import UserError
 from rocoft.methods import build_method
 from rocoft.models import build_model
@@ -72,8 +72,7 @@ def test_method_on_family(tmp_path, method_name, model_name):
         opt.step()
         method.after_step(model, step)
         opt.zero_grad()
-    in_place = {n + ".weight" for n, m in model.named_modules() if isinstance(m, RoCoFTLinear) for n in
-                [n + ".base_layer"]}
+    in_place = {n + ".base_layer.weight" for n, _ in rocoft_layers(model)}
     for n, p in model.named_parameters():
         if n in trainable:
             if ".lora_E." in n:  # AdaLoRA's budget allocator may mask a layer's singular values to zero
@@ -94,3 +93,20 @@ def test_method_on_family(tmp_path, method_name, model_name):
     else:
         assert torch.equal(y2, y)
 
+
+
+def test_method_configs_are_constructor_arguments():
+    """A method YAML is its class's keyword arguments: an unknown key or a missing _target_ is one clear error."""
+    cfg = compose_config(["model=tiny_encoder", "method=lora", "rank=4"])
+    method = build_method(cfg.method, cfg.model, "classification", seed=0)
+    assert type(method).__name__ == "PeftMethod" and method.rank == 4 and method.heads == ["classifier", "pooler"]
+    assert method.peft_config(10).r == 4 and method.peft_config(10).target_modules == set(cfg.model.target_modules)
+    lora = OmegaConf.to_container(cfg.method, resolve=True)
+    with pytest.raises(UserError, match="does not fit PeftMethod.*lora_rank"):
+        build_method({**lora, "lora_rank": 3}, cfg.model, "classification", seed=0)
+    with pytest.raises(UserError, match="no _target_"):
+        build_method({k: v for k, v in lora.items() if k != "_target_"}, cfg.model, "classification", seed=0)
+    with pytest.raises(UserError, match="unknown peft_type 'LORAX'"):
+        build_method({**lora, "peft_type": "LORAX"}, cfg.model, "classification", seed=0)
+    rows = compose_config(["model=tiny_encoder", "method=rocoft_random"])
+    assert build_method(rows.method, rows.model, "classification", seed=0).rank is None  # entries: p, not a rank

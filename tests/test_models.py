@@ -11,7 +11,7 @@ from conftest import CONF, compose_config, small_run_overrides
 from rocoft.core import RoCoFTConfig, find_targets, name_matches
 from rocoft.errors import UserError
 from rocoft.models import build_model, load_tokenizer
-from rocoft.training import run
+from rocoft.runs import run
 
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 PER_LAYER = {"bert": 6, "roberta": 6, "deberta-v2": 6, "llama": 7, "bloom": 4, "gptj": 6}

@@ -9,7 +9,7 @@ from peft import PeftModel, get_peft_model
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
-from rocoft import RoCoFTConfig, RoCoFTLayer
+from rocoft import RoCoFTConfig, RoCoFTLayer, RoCoFTSlice, apply_rocoft, load_adapter, rocoft_layers, save_adapter
 
 
 def tiny_bert(seed=0):
@@ -64,8 +64,8 @@ def test_save_load_merge_roundtrip(tmp_path, kwargs):
     assert type(merged) is type(pristine)
     assert not any(isinstance(m, RoCoFTLayer) for m in merged.modules())
     assert set(merged.state_dict()) == set(pristine.state_dict())
-    with torch.no_grad():
-        assert torch.equal(merged(input_ids=X).logits, y)
+    with torch.no_grad():  # merged: one matmul with the fine-tuned weight, unmerged: base + r-sized correction
+        torch.testing.assert_close(merged(input_ids=X).logits, y, rtol=1e-6, atol=1e-6)
 
 
 def test_adapter_file_scales_with_trained_parameters(tmp_path):
@@ -105,7 +105,129 @@ def test_same_rows_as_apply_rocoft():
 
     core = apply_rocoft(tiny_bert(), RoCoFTConfig(axis="row", rank=3, selection="random", seed=7))
     peft_model = get_peft_model(tiny_bert(), RoCoFTConfig(axis="row", rank=3, selection="random", seed=7))
-    core_idx = {n: m.rocoft.index.tolist() for n, m in rocoft_layers(core)}
+    core_idx = {n: m.slice().index.tolist() for n, m in rocoft_layers(core)}
     peft_idx = {n.removeprefix("base_model.model."): m.rocoft_slices["default"].index.tolist()
                 for n, m in peft_model.named_modules() if isinstance(m, RoCoFTLayer)}
     assert core_idx == peft_idx and len(core_idx) == 12
+
+
+def test_plain_regex_target_modules_match_as_for_lora():
+    regex = r"bert\.encoder\.layer\.\d+\.attention\.self\.(query|value)"
+    peft_model = get_peft_model(tiny_bert(), RoCoFTConfig(axis="row", rank=1, target_modules=regex))
+    names = {n.removeprefix("base_model.model.") for n, m in peft_model.named_modules() if isinstance(m, RoCoFTLayer)}
+    expected = {f"bert.encoder.layer.{i}.attention.self.{p}" for i in range(2) for p in ("query", "value")}
+    assert names == expected
+    assert {n for n, _ in rocoft_layers(apply_rocoft(tiny_bert(), RoCoFTConfig(axis="row", rank=1,
+                                                                               target_modules=regex)))} == expected
+    # a string matches the whole name: "query" alone is no suffix match (as in peft), a list entry is
+    with pytest.raises(ValueError, match="matched no"):
+        apply_rocoft(tiny_bert(), RoCoFTConfig(axis="row", rank=1, target_modules="query"))
+    assert len(rocoft_layers(apply_rocoft(tiny_bert(), RoCoFTConfig(axis="row", rank=1,
+                                                                    target_modules=["query"])))) == 2
+    assert len(rocoft_layers(apply_rocoft(tiny_bert(), RoCoFTConfig(axis="row", rank=1,
+                                                                    target_modules=["re:.*\\.key"])))) == 2
+
+
+def test_init_weights_false_starts_away_from_the_pretrained_values():
+    pristine = tiny_bert()
+    with torch.no_grad():
+        y0 = pristine(input_ids=X).logits
+        model = get_peft_model(copy.deepcopy(pristine), RoCoFTConfig(axis="column", rank=2, init_weights=False))
+        y = model(input_ids=X).logits
+        assert not torch.allclose(y, y0, atol=1e-5)
+        with model.disable_adapter():
+            assert torch.equal(model(input_ids=X).logits, y0)
+        model.merge_adapter()
+        torch.testing.assert_close(model(input_ids=X).logits, y, rtol=1e-5, atol=1e-6)
+        model.unmerge_adapter()
+        base = {k.replace("base_layer.", ""): v for k, v in model.base_model.model.state_dict().items()
+                if "rocoft_slices" not in k}
+        assert base.keys() == pristine.state_dict().keys()
+        assert all(torch.equal(base[k], v) for k, v in pristine.state_dict().items())  # pristine after unmerge
+        again = get_peft_model(copy.deepcopy(pristine), RoCoFTConfig(axis="column", rank=2, init_weights=False))
+        assert torch.equal(again(input_ids=X).logits, y)  # seeded: the same start every time
+
+
+def test_autocast_adapter_dtype_false_keeps_the_base_dtype():
+    base = tiny_bert().to(torch.bfloat16)
+    up = get_peft_model(copy.deepcopy(base), RoCoFTConfig(axis="row", rank=1))
+    kept = get_peft_model(copy.deepcopy(base), RoCoFTConfig(axis="row", rank=1), autocast_adapter_dtype=False)
+    assert {m.weight.dtype for m in up.modules() if isinstance(m, RoCoFTSlice)} == {torch.float32}
+    assert {m.weight.dtype for m in kept.modules() if isinstance(m, RoCoFTSlice)} == {torch.bfloat16}
+    assert {m.weight.dtype for m in apply_rocoft(copy.deepcopy(base), RoCoFTConfig(axis="row", rank=1)).modules()
+            if isinstance(m, RoCoFTSlice)} == {torch.float32}
+    kept(input_ids=X).logits.float().sum().backward()
+    assert all(m.weight.grad.dtype == torch.bfloat16 for m in kept.modules() if isinstance(m, RoCoFTSlice))
+
+
+@pytest.mark.parametrize("kwargs", [dict(axis="row", rank=2), dict(axis="entry", p=0.1)])
+def test_low_cpu_mem_usage_loading(tmp_path, kwargs):
+    pristine = tiny_bert()
+    model = train(get_peft_model(copy.deepcopy(pristine), RoCoFTConfig(modules_to_save=["classifier"], **kwargs)))
+    model.save_pretrained(tmp_path / "a")
+    with torch.no_grad():
+        y = model(input_ids=X).logits
+        loaded = PeftModel.from_pretrained(copy.deepcopy(pristine), tmp_path / "a", low_cpu_mem_usage=True).eval()
+        assert torch.equal(loaded(input_ids=X).logits, y)
+        assert not any(p.is_meta for p in loaded.parameters())
+        other = PeftModel.from_pretrained(copy.deepcopy(pristine), tmp_path / "a", adapter_name="x").eval()
+        other.load_adapter(tmp_path / "a", adapter_name="y", low_cpu_mem_usage=True)
+        other.set_adapter("y")
+        assert torch.equal(other(input_ids=X).logits, y)
+
+
+def test_several_adapters_and_their_limits(tmp_path):
+    pristine = tiny_bert()
+    model = get_peft_model(copy.deepcopy(pristine), RoCoFTConfig(axis="row", rank=2, init_weights=False))
+    model.add_adapter("b", RoCoFTConfig(axis="column", rank=2, seed=3, init_weights=False))
+    with torch.no_grad():
+        y0 = pristine(input_ids=X).logits
+        ya = model(input_ids=X).logits
+        model.set_adapter("b")
+        yb = model(input_ids=X).logits
+        for layer in (m for m in model.modules() if isinstance(m, RoCoFTLayer)):
+            layer.set_adapter(["default", "b"])  # both active: their changes add up
+            with pytest.raises(ValueError, match="needs an adapter name"):
+                layer.slice()
+        both = model(input_ids=X).logits
+    assert not torch.allclose(both, ya, atol=1e-5) and not torch.allclose(both, yb, atol=1e-5)
+    # dense reference: every layer computes with W0 + (W_a - W0) + (W_b - W0)
+    ref = copy.deepcopy(pristine)
+    with torch.no_grad():
+        for name, layer in ((n.removeprefix("base_model.model."), m) for n, m in model.named_modules()
+                            if isinstance(m, RoCoFTLayer)):
+            w = ref.get_submodule(name).weight
+            w += layer.get_delta_weight("default") + layer.get_delta_weight("b")
+        torch.testing.assert_close(both, ref(input_ids=X).logits, rtol=1e-5, atol=1e-6)
+        assert not torch.equal(both, y0)
+    # the base layer's bias is shared: only one adapter may train it (peft's rule for LoRA too)
+    biased = get_peft_model(copy.deepcopy(pristine), RoCoFTConfig(axis="row", rank=1, bias="rocoft_only"))
+    with pytest.raises(ValueError, match="only 1 adapter with bias"):
+        biased.add_adapter("other", RoCoFTConfig(axis="row", rank=1, bias="all"))
+    # apply_rocoft adapts a base once; a second adapter goes through peft
+    adapted = apply_rocoft(copy.deepcopy(pristine), RoCoFTConfig(axis="row", rank=1))
+    with pytest.raises(ValueError, match="already has RoCoFT layers"):
+        apply_rocoft(adapted, RoCoFTConfig(axis="row", rank=1))
+
+
+def test_adapter_files_of_the_previous_version_still_load(tmp_path):
+    """The previous version wrote the same peft names: values, indices, head and biases under base_model.model."""
+    from safetensors.torch import save_file
+
+    pristine = tiny_bert()
+    config = RoCoFTConfig(axis="row", rank=2, bias="rocoft_only", modules_to_save=["classifier"])
+    trained = train(apply_rocoft(copy.deepcopy(pristine), config))
+    state = {}
+    for name, p in trained.named_parameters():  # the old key scheme, written by hand
+        if p.requires_grad:
+            state["base_model.model." + name.replace(".rocoft_slices.default.", ".rocoft_slices.")] = p.detach()
+    for name, layer in rocoft_layers(trained):
+        state[f"base_model.model.{name}.rocoft_slices.index"] = layer.slice().index
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "adapter_model.safetensors"))
+    config.save_pretrained(str(tmp_path))
+    save_adapter(trained, config, tmp_path / "new")
+    assert set(load_file(tmp_path / "new" / "adapter_model.safetensors")) == set(state)  # the same names
+    with torch.no_grad():
+        y = trained(input_ids=X).logits
+        assert torch.equal(load_adapter(copy.deepcopy(pristine), tmp_path).eval()(input_ids=X).logits, y)
+        assert torch.equal(PeftModel.from_pretrained(copy.deepcopy(pristine), tmp_path).eval()(input_ids=X).logits, y)

@@ -62,7 +62,7 @@ def test_sigusr1_checkpoints_then_hands_the_signal_to_the_previous_handler(tmp_p
     """Under the SLURM launcher, submitit's SIGUSR1 handler requeues the job: ours must pass it on."""
     import threading
 
-    from rocoft.training import run  # noqa: F401 - imported before the signal arrives
+    import rocoft.training  # noqa: F401 - the heavy imports done before the signal arrives
 
     received = []
     previous = signal.signal(signal.SIGUSR1, lambda signum, frame: received.append(signum))
@@ -88,11 +88,11 @@ def test_sigusr1_checkpoints_then_hands_the_signal_to_the_previous_handler(tmp_p
 
 
 def test_periodic_checkpoints_keep_the_last_k(tmp_path):
-    from rocoft.checkpoint import Checkpointer
+    from rocoft.checkpoint import Checkpointer, Position
 
     cfg = compose_config(small_run_overrides(tmp_path, steps=7) + ["model=tiny_encoder", "train.checkpoint_every=2",
                                                                    "train.keep_checkpoints=2"])
-    from rocoft.training import run
+    from rocoft.runs import run
 
     run(cfg)  # completes: checkpoints are then removed; check the mechanism on a Checkpointer directly
     ck = Checkpointer(tmp_path / "ck", keep=2)
@@ -102,13 +102,15 @@ def test_periodic_checkpoints_keep_the_last_k(tmp_path):
     opt = torch.optim.AdamW(model.parameters())
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     for step in (2, 4, 6):
-        ck.save(model, opt, sched, {"step": step, "epoch": 0, "in_epoch": step, "history": []})
+        ck.save(model, opt, sched, Position(step=step, epoch=0, in_epoch=step))
     assert [p.name for p in ck.checkpoints()] == ["step_4", "step_6"]
     assert not list((tmp_path / "ck").glob(".tmp-*"))
+    resumed = Checkpointer(tmp_path / "ck").load_latest(model, opt, sched)
+    assert resumed.position == Position(step=6, epoch=0, in_epoch=6) and resumed.method_state is None
 
 
 def test_provenance_recorded(tmp_path):
-    from rocoft.training import run
+    from rocoft.runs import run
 
     metrics = run(compose_config(small_run_overrides(tmp_path) + ["model=tiny_encoder"]))
     assert set(metrics["git"]) == {"commit", "dirty"} and metrics["device"] == "cpu"
@@ -227,7 +229,7 @@ def test_disk_full_while_writing_metrics_leaves_nothing_half_written(tmp_path, c
 
 
 def test_wandb_offline_logging(tmp_path, monkeypatch):
-    from rocoft.training import run
+    from rocoft.runs import run
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
@@ -278,14 +280,23 @@ def test_logged_lr_is_the_lr_each_step_trained_with(tmp_path):
 def test_weight_decay_rule():
     import torch
 
-    from rocoft.training import no_decay
+    from rocoft import RoCoFTConfig, RoCoFTSlice, apply_rocoft
+    from rocoft.training import build_optimizer, no_decay
 
     vec, mat = torch.zeros(4), torch.zeros(2, 2)
     assert no_decay("encoder.layer.0.output.dense.bias", vec) and no_decay("encoder.LayerNorm.weight", vec)
     assert not no_decay("encoder.layer.0.output.dense.weight", mat)
-    # RoCoFT's trained values decay, whatever their shape (entries are a 1-D vector)
-    assert not no_decay("encoder.layer.0.attention.self.query.rocoft.weight", vec)
-    assert not no_decay("base_model.model.query.rocoft_slices.default.weight", vec)
+    # RoCoFT's trained values decay, whatever their shape (entries are a 1-D vector): found by their module
+    model = torch.nn.Sequential(torch.nn.Linear(6, 6), torch.nn.LayerNorm(6), torch.nn.Linear(6, 2))
+    model = apply_rocoft(model, RoCoFTConfig(axis="entry", p=0.5, target_modules=["0"], bias="all",
+                                             modules_to_save=["1", "2"]))
+    values = [m.weight for m in model.modules() if isinstance(m, RoCoFTSlice)]
+    assert len(values) == 1 and values[0].ndim == 1
+    decayed, plain = build_optimizer(model, compose_config(["train.weight_decay=0.1"]).train).param_groups
+    assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
+    assert {id(p) for p in decayed["params"]} == {id(values[0]), id(model[2].weight)}
+    assert {id(p) for p in plain["params"]} == {id(model[0].base_layer.bias), id(model[1].weight), id(model[1].bias),
+                                                id(model[2].bias)}
 
 
 def test_final_records_are_redone_not_duplicated_on_resume(tmp_path):

@@ -7,8 +7,9 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
-from rocoft import (RoCoFTConfig, RoCoFTLinear, apply_rocoft, calibrate_input_norms, count_parameters,
+from rocoft import (RoCoFTConfig, RoCoFTLayer, apply_rocoft, calibrate_input_norms, count_parameters, merge_rocoft,
                     rocoft_layers, select_indices, wanda_scores)
+from test_rocoft_layer import rocoft_linear
 
 
 def test_selection_strategies_on_a_hand_built_example():
@@ -68,7 +69,7 @@ def test_wanda_selection_picks_the_highest_scoring_rows():
     expected = torch.topk(wanda_scores(w, norm, "row"), 3).indices.sort().values
     apply_rocoft(model, RoCoFTConfig(axis="row", rank=3, selection="max", target_modules=[target]),
                  calibration_batches=batches)
-    assert model.get_submodule(target).rocoft.index.tolist() == expected.tolist()
+    assert model.get_submodule(target).slice().index.tolist() == expected.tolist()
 
 
 def test_random_entry_ablation_trains_exactly_the_sampled_entries():
@@ -77,21 +78,22 @@ def test_random_entry_ablation_trains_exactly_the_sampled_entries():
     w0 = model[0].weight.detach().clone()
     apply_rocoft(model, RoCoFTConfig(axis="entry", p=0.1, target_modules=["0"], seed=3))
     layer = model[0]
-    idx = layer.rocoft.index
+    idx = layer.slice().index
     assert 0.05 < idx.numel() / 600 < 0.15
     x = torch.randn(8, 20, dtype=torch.float32)
     ref_w = w0.clone().double().requires_grad_(True)
     nn.functional.linear(x.double(), ref_w, layer.base_layer.bias.double()).pow(2).sum().backward()
     model(x).pow(2).sum().backward()
-    torch.testing.assert_close(layer.rocoft.weight.grad.double(), ref_w.grad.reshape(-1)[idx], rtol=1e-5, atol=1e-5)
-    opt = torch.optim.AdamW([layer.rocoft.weight], lr=0.1, weight_decay=0.5)
+    torch.testing.assert_close(layer.slice().weight.grad.double(), ref_w.grad.reshape(-1)[idx], rtol=1e-5, atol=1e-5)
+    opt = torch.optim.AdamW([layer.slice().weight], lr=0.1, weight_decay=0.5)
     assert count_parameters(model)["trainable"] == idx.numel()
     for _ in range(3):
         opt.step()
         opt.zero_grad()
         model(x).pow(2).sum().backward()
-    model(x)
-    changed = (layer.base_layer.weight.detach() != w0).reshape(-1).nonzero().flatten()
+    assert torch.equal(layer.base_layer.weight, w0)  # the base weight keeps the pretrained values
+    merged = merge_rocoft(copy.deepcopy(model))[0].weight.detach()
+    changed = (merged != w0).reshape(-1).nonzero().flatten()
     assert set(changed.tolist()) <= set(idx.tolist()) and len(changed) > 0.9 * len(idx)
     with pytest.raises(ValueError, match="probability p"):
         RoCoFTConfig(axis="entry", p=1.5)
@@ -118,7 +120,7 @@ def test_core_state_dict_reloads_onto_a_fresh_base_with_other_indices():
         opt.zero_grad()
     with torch.no_grad():
         y = trained(input_ids=ids).logits
-    adapter = {k: v for k, v in trained.state_dict().items() if ".rocoft." in k or k.startswith("classifier")}
+    adapter = {k: v for k, v in trained.state_dict().items() if ".rocoft_slices." in k or k.startswith("classifier")}
     fresh = apply_rocoft(tiny_bert(), RoCoFTConfig(axis="column", rank=2, selection="random", seed=99,
                                                    modules_to_save=["classifier"]))
     fresh.load_state_dict(adapter, strict=False)
@@ -127,8 +129,9 @@ def test_core_state_dict_reloads_onto_a_fresh_base_with_other_indices():
     pristine = tiny_bert()
     for (n, m), (_, m0) in zip(rocoft_layers(fresh), rocoft_layers(apply_rocoft(pristine, RoCoFTConfig(
             axis="column", rank=2, selection="random", seed=99)))):
-        # origins were re-read from the pristine base at the loaded indices
-        torch.testing.assert_close(m.rocoft.origin, m0.base_layer.weight.index_select(1, m.rocoft.index))
+        # the loaded indices replaced the layer's, and the base still holds the pristine values
+        assert torch.equal(m.slice().index, dict(rocoft_layers(trained))[n].slice().index)
+        assert torch.equal(m.base_layer.weight, m0.base_layer.weight)
 
 
 def test_bf16_base_trains_fp32_master_and_leaves_frozen_rows_identical():
@@ -136,20 +139,21 @@ def test_bf16_base_trains_fp32_master_and_leaves_frozen_rows_identical():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     apply_rocoft(model, RoCoFTConfig(axis="row", rank=2))
     layers = rocoft_layers(model)
-    assert all(m.rocoft.weight.dtype == torch.float32 for _, m in layers)
+    assert all(m.slice().weight.dtype == torch.float32 for _, m in layers)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.05, weight_decay=0.1)
     ids = torch.randint(0, 100, (2, 5))
     for _ in range(2):
         model(input_ids=ids, labels=torch.tensor([0, 1])).loss.backward()
         opt.step()
         opt.zero_grad()
-    model(input_ids=ids)
+    assert all(torch.equal(before[name + ".weight"], m.base_layer.weight) for name, m in layers)  # untouched
+    merged = dict(merge_rocoft(copy.deepcopy(model)).named_modules())
     for name, m in layers:
-        w0, w1 = before[name + ".weight"], m.base_layer.weight
+        w0, w1 = before[name + ".weight"], merged[name].weight
         keep = torch.ones(w0.shape[0], dtype=torch.bool)
-        keep[m.rocoft.index] = False
+        keep[m.slice().index] = False
         assert torch.equal(w0[keep], w1[keep]) and not torch.equal(w0, w1)
-        assert torch.equal(w1[m.rocoft.index], m.rocoft.weight.detach().to(torch.bfloat16))
+        assert torch.equal(w1[m.slice().index], m.slice().weight.detach().to(torch.bfloat16))
 
 
 def grads_after_steps(model, fn, steps=3):
@@ -171,7 +175,7 @@ def test_torch_compile_and_checkpointing_match_eager(axis):
     compiled_model = apply_rocoft(tiny_bert(), cfg).train()
     compiled = torch.compile(compiled_model, backend="aot_eager")
     got = grads_after_steps(compiled_model, lambda ids: compiled(input_ids=ids).logits.pow(2).sum())
-    for a, b in zip(ref, got):  # the third step's grads depend on the in-place updates of the first two
+    for a, b in zip(ref, got):  # the third step's grads depend on the updates of the first two
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     ckpt = apply_rocoft(tiny_bert(), cfg).train()
     ckpt.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -183,16 +187,21 @@ def test_torch_compile_and_checkpointing_match_eager(axis):
 def test_deepcopy_keeps_load_hooks_on_the_copy():
     model = apply_rocoft(tiny_bert(1), RoCoFTConfig(axis="row", rank=1, selection="random"))
     clone = copy.deepcopy(model)
-    sd = {k: v for k, v in model.state_dict().items() if ".rocoft." in k}
+    sd = {k: v for k, v in model.state_dict().items() if ".rocoft_slices." in k}
+    with torch.no_grad():
+        for _, m in rocoft_layers(clone):
+            m.slice().index.copy_((m.slice().index + 1) % m.out_features)  # other rows before the load
     clone.load_state_dict(sd, strict=False)
-    assert all(isinstance(m, RoCoFTLinear) for _, m in rocoft_layers(clone))
+    assert all(isinstance(m, RoCoFTLayer) for _, m in rocoft_layers(clone))
+    assert all(torch.equal(a.slice().index, b.slice().index) for (_, a), (_, b) in zip(rocoft_layers(model),
+                                                                                        rocoft_layers(clone)))
 
 
 @pytest.mark.parametrize("axis", ["row", "column"])
 def test_under_bf16_autocast_grads_match_a_dense_layer_under_the_same_autocast(axis):
     torch.manual_seed(0)
     dense = nn.Linear(24, 16)
-    ro = RoCoFTLinear(copy.deepcopy(dense), axis, torch.tensor([1, 5, 7]))
+    ro = rocoft_linear(copy.deepcopy(dense), axis, torch.tensor([1, 5, 7]))
     x = torch.randn(3, 4, 24)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y_ref, y = dense(x), ro(x)
@@ -200,15 +209,15 @@ def test_under_bf16_autocast_grads_match_a_dense_layer_under_the_same_autocast(a
     y_ref.float().pow(2).sum().backward()
     y.float().pow(2).sum().backward()
     dim = 0 if axis == "row" else 1
-    expected = dense.weight.grad.index_select(dim, ro.rocoft.index)
-    torch.testing.assert_close(ro.rocoft.weight.grad, expected, rtol=2e-2, atol=2e-2)
-    assert ro.rocoft.weight.grad.dtype == torch.float32
+    expected = dense.weight.grad.index_select(dim, ro.slice().index)
+    torch.testing.assert_close(ro.slice().weight.grad, expected, rtol=2e-2, atol=2e-2)
+    assert ro.slice().weight.grad.dtype == torch.float32
 
 
 def test_fp16_base_weights_train_with_fp32_master():
     layer = nn.Linear(8, 6).to(torch.float16)
-    ro = RoCoFTLinear(layer, "column", torch.tensor([2]))
+    ro = rocoft_linear(layer, "column", torch.tensor([2]))
     y = ro(torch.randn(5, 8, dtype=torch.float16))
     y.float().sum().backward()
-    assert y.dtype == torch.float16 and ro.rocoft.weight.grad.dtype == torch.float32
-    assert torch.isfinite(ro.rocoft.weight.grad).all()
+    assert y.dtype == torch.float16 and ro.slice().weight.grad.dtype == torch.float32
+    assert torch.isfinite(ro.slice().weight.grad).all()

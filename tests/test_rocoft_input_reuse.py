@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from rocoft import RoCoFTConfig, RoCoFTLinear, apply_rocoft
+from rocoft import RoCoFTConfig, RoCoFTLayer, apply_rocoft
+from test_rocoft_layer import rocoft_linear
 
 PRODUCERS = {  # name -> (x from leaves a, b; the rebuild op the row layer should pick)
     "swiglu": (lambda a, b: F.silu(a) * b, "mul"),
@@ -41,11 +42,11 @@ def test_rebuilt_input_gives_dense_float64_gradients(producer):
     F.linear(make(a_ref, b_ref), w, layer.bias.detach()).backward(grad_y)
 
     a, b = _leaves(torch.float64)
-    ro = RoCoFTLinear(layer, "row", index)
+    ro = rocoft_linear(layer, "row", index)
     y = ro(make(a, b))
     assert y.grad_fn.rebuild == op
     y.backward(grad_y)
-    torch.testing.assert_close(ro.rocoft.weight.grad, w.grad[index], rtol=0, atol=1e-12)
+    torch.testing.assert_close(ro.slice().weight.grad, w.grad[index], rtol=0, atol=1e-12)
     torch.testing.assert_close(a.grad, a_ref.grad, rtol=0, atol=1e-12)
     if b_ref.grad is not None:
         torch.testing.assert_close(b.grad, b_ref.grad, rtol=0, atol=1e-12)
@@ -60,18 +61,18 @@ def test_rebuilt_input_is_bit_identical_to_keeping_it(producer, dtype):
         torch.manual_seed(0)
         layer = nn.Linear(7, 6, dtype=dtype)
         a, b = _leaves(dtype)
-        ro = RoCoFTLinear(layer, "row", [0, 3, 5], reuse_saved_inputs=reuse)
+        ro = rocoft_linear(layer, "row", [0, 3, 5], reuse_saved_inputs=reuse)
         y = ro(make(a, b))
         assert (y.grad_fn.rebuild is not None) == reuse
         (y.float() ** 2).sum().backward()
-        grads.append((ro.rocoft.weight.grad, a.grad))
+        grads.append((ro.slice().weight.grad, a.grad))
     assert all(torch.equal(g1, g2) for g1, g2 in zip(*grads))
 
 
 @pytest.mark.parametrize("reuse", [True, False])
 def test_rebuilt_input_is_not_kept_alive(reuse):
     a, b = _leaves(torch.float32)
-    ro = RoCoFTLinear(nn.Linear(7, 6), "row", [2], reuse_saved_inputs=reuse)
+    ro = rocoft_linear(nn.Linear(7, 6), "row", [2], reuse_saved_inputs=reuse)
     x = F.silu(a) * b
     storage = weakref.ref(x.untyped_storage())
     y = ro(x)
@@ -79,14 +80,14 @@ def test_rebuilt_input_is_not_kept_alive(reuse):
     gc.collect()
     assert (storage() is None) == reuse  # with reuse, nothing holds x: its memory is free until backward
     y.sum().backward()
-    assert ro.rocoft.weight.grad.shape == (1, 7)
+    assert ro.slice().weight.grad.shape == (1, 7)
 
 
 def test_fallbacks_keep_the_input():
     a, b = _leaves(torch.float32)
     frozen = torch.randn(7)
-    col = RoCoFTLinear(nn.Linear(7, 6), "column", [1, 2])
-    row = RoCoFTLinear(nn.Linear(7, 6), "row", [1, 2])
+    col = rocoft_linear(nn.Linear(7, 6), "column", [1, 2])
+    row = rocoft_linear(nn.Linear(7, 6), "row", [1, 2])
     assert col(F.silu(a) * b).grad_fn.rebuild is None  # columns keep x[:, C] only
     assert row(frozen * a).grad_fn.rebuild is None  # a frozen factor is not saved by its mul
     assert row(a).grad_fn.rebuild is None  # a leaf has no producer
@@ -97,11 +98,11 @@ def test_fallbacks_keep_the_input():
 def test_rebuild_under_checkpoint_and_after_inplace_change():
     torch.manual_seed(0)
     layer = nn.Linear(7, 6)
-    ro = RoCoFTLinear(layer, "row", [0, 5])
+    ro = rocoft_linear(layer, "row", [0, 5])
     a, b = _leaves(torch.float32)
     y = checkpoint(lambda a_, b_: ro(F.silu(a_) * b_), a, b, use_reentrant=False)
     y.sum().backward()
-    got = ro.rocoft.weight.grad.clone()
+    got = ro.slice().weight.grad.clone()
     w = layer.weight.detach().clone().requires_grad_(True)
     a2, b2 = _leaves(torch.float32)
     F.linear(F.silu(a2) * b2, w, layer.bias.detach()).sum().backward()
@@ -109,7 +110,7 @@ def test_rebuild_under_checkpoint_and_after_inplace_change():
 
     a, b = _leaves(torch.float32)
     h = F.silu(a)
-    y = RoCoFTLinear(nn.Linear(7, 6), "row", [0])(h * b)
+    y = rocoft_linear(nn.Linear(7, 6), "row", [0])(h * b)
     with torch.no_grad():
         b.add_(1.0)  # a saved factor changed in place: autograd must refuse, as it would for x itself
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
@@ -129,7 +130,7 @@ def test_tiny_llama_gradients_identical_and_down_proj_rebuilds():
         apply_rocoft(model, RoCoFTConfig(axis="row", rank=2, reuse_saved_inputs=reuse))
         seen = {}
         for name, m in model.named_modules():
-            if isinstance(m, RoCoFTLinear):
+            if isinstance(m, RoCoFTLayer):
                 m.register_forward_hook(lambda mod, i, out, name=name: seen.__setitem__(name, out.grad_fn.rebuild))
         model(input_ids=ids, labels=ids).loss.backward()
         grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})

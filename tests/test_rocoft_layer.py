@@ -6,7 +6,16 @@ import pytest
 import torch
 from torch import nn
 
-from rocoft import RoCoFTConfig, RoCoFTLinear, apply_rocoft, count_parameters, merge_rocoft, select_indices
+from rocoft import RoCoFTConfig, RoCoFTLayer, apply_rocoft, count_parameters, merge_rocoft, select_indices
+
+
+def rocoft_linear(base: nn.Linear, axis: str, index, **config) -> RoCoFTLayer:
+    """``base`` adapted through the public path (apply_rocoft) with the given indices (``config.index_fn``)."""
+    index = torch.as_tensor(index, dtype=torch.long)
+    size = dict(rank=max(1, index.numel())) if axis != "entry" else dict(p=0.5)
+    cfg = RoCoFTConfig(axis=axis, target_modules=["0"], **size, **config)
+    cfg.index_fn = lambda name, weight: index
+    return apply_rocoft(nn.Sequential(base), cfg)[0]
 
 
 def dense_reference(layer: nn.Linear, x: torch.Tensor, grad_y: torch.Tensor):
@@ -39,7 +48,7 @@ def test_gradients_equal_dense_slice(axis, shape, lead, bias, which):
     grad_y = torch.randn(*lead, d_out, dtype=torch.float64)
     y_ref, gx_ref, gw_ref, gb_ref = dense_reference(layer, x, grad_y)
 
-    ro = RoCoFTLinear(layer, axis, index)
+    ro = rocoft_linear(layer, axis, index)
     if bias:
         layer.bias.requires_grad_(True)
     y = ro(x)
@@ -47,7 +56,7 @@ def test_gradients_equal_dense_slice(axis, shape, lead, bias, which):
     torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-12)
     torch.testing.assert_close(x.grad, gx_ref, rtol=0, atol=1e-12)
     expected = gw_ref.index_select(0 if axis == "row" else 1, index)
-    torch.testing.assert_close(ro.rocoft.weight.grad, expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(ro.slice().weight.grad, expected, rtol=0, atol=1e-12)
     assert layer.weight.grad is None
     if bias:
         torch.testing.assert_close(layer.bias.grad, gb_ref, rtol=0, atol=1e-12)
@@ -59,7 +68,7 @@ def test_float32_outputs_match_plain_linear(axis):
     layer = nn.Linear(12, 9)
     ref = nn.Linear(12, 9)
     ref.load_state_dict(layer.state_dict())
-    ro = RoCoFTLinear(layer, axis, torch.tensor([0, 2, 5]))
+    ro = rocoft_linear(layer, axis, torch.tensor([0, 2, 5]))
     x = torch.randn(4, 3, 12)
     assert torch.equal(ro(x), ref(x))
 
@@ -70,7 +79,7 @@ def test_frozen_entries_bit_identical_after_steps_with_weight_decay(axis):
     layer = nn.Linear(10, 8)
     before = layer.weight.detach().clone()
     index = torch.tensor([1, 6])
-    ro = RoCoFTLinear(layer, axis, index)
+    ro = rocoft_linear(layer, axis, index)
     layer.bias.requires_grad_(True)
     params = [p for p in ro.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=0.1, weight_decay=0.5)
@@ -78,8 +87,9 @@ def test_frozen_entries_bit_identical_after_steps_with_weight_decay(axis):
         opt.zero_grad()
         ro(torch.randn(5, 10)).pow(2).sum().backward()
         opt.step()
-    ro(torch.randn(1, 10))  # the next forward writes the updated slice into the weight
-    after = layer.weight.detach()
+    assert torch.equal(layer.weight, before)  # the base weight keeps the pretrained values
+    ro.merge()  # writes the trained values into it
+    after = layer.weight.detach().clone()
     dim = 0 if axis == "row" else 1
     frozen = torch.ones(after.shape[dim], dtype=torch.bool)
     frozen[index] = False
@@ -87,24 +97,26 @@ def test_frozen_entries_bit_identical_after_steps_with_weight_decay(axis):
     assert torch.equal(after[sel], before[sel])
     trained = (slice(None),) * dim + (index,)
     assert not torch.equal(after[trained], before[trained])
-    assert torch.equal(after[trained], ro.rocoft.weight.detach())
+    assert torch.equal(after[trained], ro.slice().weight.detach())
     # only the slice and the bias are in the optimizer: no state of the full matrix
-    assert {p.numel() for p in params} == {ro.rocoft.weight.numel(), 8}
+    assert {p.numel() for p in params} == {ro.slice().weight.numel(), 8}
+    ro.unmerge()
+    assert torch.equal(layer.weight, before)
 
 
 def test_half_precision_base_keeps_fp32_master():
     layer = nn.Linear(6, 4).to(torch.bfloat16)
-    ro = RoCoFTLinear(layer, "row", torch.tensor([0]))
-    assert ro.rocoft.weight.dtype == torch.float32
+    ro = rocoft_linear(layer, "row", torch.tensor([0]))
+    assert ro.slice().weight.dtype == torch.float32
     y = ro(torch.randn(2, 6, dtype=torch.bfloat16))
     y.float().sum().backward()
-    assert ro.rocoft.weight.grad.dtype == torch.float32 and y.dtype == torch.bfloat16
+    assert ro.slice().weight.grad.dtype == torch.float32 and y.dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize("bad", [[], [0, 0], [9], [-1]])
 def test_bad_indices_rejected(bad):
     with pytest.raises(ValueError):
-        RoCoFTLinear(nn.Linear(4, 9), "row", torch.tensor(bad, dtype=torch.long))
+        rocoft_linear(nn.Linear(4, 9), "row", torch.tensor(bad, dtype=torch.long))
 
 
 class Block(nn.Module):
@@ -128,7 +140,7 @@ def test_apply_counts_merge(bias, expected_bias):
     assert counts["total"] == sum(p.numel() for p in Block().parameters())
     y = model(x)
     merged = merge_rocoft(model)
-    assert not any(isinstance(m, RoCoFTLinear) for m in merged.modules())
+    assert not any(isinstance(m, RoCoFTLayer) for m in merged.modules())
     assert torch.equal(merged(x), y)
 
 

@@ -8,8 +8,7 @@ import pytest
 
 from conftest import compose_config, small_run_overrides
 from rocoft.errors import UserError
-from rocoft.metrics import classification_metrics, regression_metrics
-from rocoft.training import run
+from rocoft.runs import run
 
 WORDS = "good bad great awful fine poor nice dull".split()
 # task -> (text columns, label kind, metric keys of the paper's Table 1)
@@ -102,19 +101,3 @@ def test_regression_target_must_be_numeric(tmp_path):
         run(compose_config(small_run_overrides(tmp_path) + ["model=tiny_encoder", "task=stsb",
                                                              f"++task.data_files.train={path}",
                                                              f"++task.data_files.validation={path}"]))
-
-
-def test_metrics_against_independent_formulas():
-    preds, labels = [1, 1, 0, 0, 1, 0, 1], [1, 0, 0, 0, 1, 1, 1]
-    tp, tn, fp, fn = 3, 2, 1, 1
-    m = classification_metrics(preds, labels, ("accuracy", "f1", "matthews_corr"))
-    assert m["accuracy"] == pytest.approx((tp + tn) / 7)
-    assert m["f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
-    mcc = (tp * tn - fp * fn) / np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-    assert m["matthews_corr"] == pytest.approx(mcc)
-    x, y = np.array([1.0, 2.0, 3.5, 4.0, 0.5]), np.array([1.2, 1.9, 3.0, 4.5, 1.0])
-    r = regression_metrics(x, y)
-    pearson = ((x - x.mean()) * (y - y.mean())).sum() / np.sqrt(((x - x.mean()) ** 2).sum() * ((y - y.mean()) ** 2).sum())
-    rx, ry = x.argsort().argsort().astype(float), y.argsort().argsort().astype(float)  # no ties here
-    spearman = np.corrcoef(rx, ry)[0, 1]
-    assert r["pearson"] == pytest.approx(pearson) and r["spearman"] == pytest.approx(spearman)

@@ -1,5 +1,5 @@
-"""LLM-Adapters instruction tasks: prompts, label masking, answer extraction, log-likelihood scoring,
-the full pipeline on tiny models with files in LLM-Adapters' format, and the offline error."""
+"""LLM-Adapters instruction tasks: prompts, label masking, scoring (answer extraction: test_metrics.py),
+log-likelihood scoring, the full pipeline on tiny models with files in LLM-Adapters' format, and the offline error."""
 
 import json
 import random
@@ -12,8 +12,8 @@ from conftest import compose_config, small_run_overrides
 from rocoft.errors import UserError
 from rocoft.models import load_tokenizer
 from rocoft.tasks import build_task
-from rocoft.tasks.llm_adapters import (InstructionTask, build_prompt, extract_label, extract_letter,
-                                       extract_number, read_records, score_output)
+from rocoft.tasks.data import read_records
+from rocoft.tasks.llm_adapters import InstructionTask, build_prompt
 
 NO_INPUT = ("Below is an instruction that describes a task. Write a response that appropriately completes the "
             "request.\n\n### Instruction:\nAdd 2 and 3.\n\n### Response:\n")
@@ -58,51 +58,6 @@ def test_training_labels_mask_the_prompt_and_keep_response_and_eos(tok):
     assert batch["input_ids"][0, -1] == batch["input_ids"][1, -1]
 
 
-def test_number_extraction():
-    assert extract_number("The answer is 1,234.") == 1234
-    assert extract_number("12 apples, then 3 more: 15 in all. The answer is 15") == 15
-    assert extract_number("So 7 - 10 = -3. The answer is -3") == -3
-    assert extract_number("She pays $3.75 per kg, 2.5 kg cost 9.375") == pytest.approx(9.375)
-    assert extract_number("Total: 1,234,567 people") == 1234567
-    assert extract_number("5-3") == -3  # LLM-Adapters' regex: a hyphen before a digit is a minus sign
-    assert extract_number("about 3,50 m") == 350  # every comma removed, as LLM-Adapters does
-    assert extract_number("x = 7.") == 7 and extract_number(".5") == 5
-    assert extract_number("I do not know") is None and extract_number("") is None
-    assert score_output("The answer is 1,234.", "1234", "number") == (1234, True)
-    assert score_output("The answer is 0.3333", "0.33333", "number")[1] is True
-    assert score_output("The answer is 0.34", "0.33333", "number")[1] is False
-    assert score_output("no idea", "4", "number") == (None, False)
-    assert score_output("it is 1,000", "1,000", "number")[1] is True
-
-
-def test_label_extraction_first_match_and_case_sensitivity():
-    assert extract_label("answer2 is better than answer1", ["answer1", "answer2", "answer3"]) == "answer2"
-    assert extract_label("the correct answer is solution1", ["solution1", "solution2"]) == "solution1"
-    assert extract_label("the correct answer is ending4", ["ending1", "ending2"]) is None
-    # case-sensitive by default, as LLM-Adapters (its training responses are lowercase): "True" is no label
-    assert extract_label("True, it is false", ["true", "false"]) == "false"
-    assert extract_label("True", ["true", "false"]) is None
-    assert score_output("True", "true", "label", ["true", "false"]) == (None, False)
-    assert extract_label("True", ["true", "false"], case_sensitive=False) == "true"
-    assert score_output("True", "true", "label", ["true", "false"], case_sensitive=False) == ("true", True)
-    words = ["option1", "option2"]
-    assert score_output("the correct answer is option2", "option2", "label", words) == ("option2", True)
-
-
-def test_aqua_letter_extraction():
-    assert extract_letter("The answer is C.") == "C"
-    assert extract_letter("A train travels 60 km in 1 hour... Answer: (B) 20") == "B"
-    assert extract_letter("The answer is option D") == "D"
-    assert extract_letter("A man buys 3 pens. So (E) is right") == "E"  # the article "A" is skipped
-    assert extract_letter("Options: (A) 1 (B) 2") == "A"
-    assert extract_letter("ABCDE and BAD words, but 5 apples") is None
-    assert extract_letter("") is None
-    assert score_output("the answer is b", "B", "letter") == (None, False)
-    assert score_output("The answer is B", "B", "letter") == ("B", True)
-    assert score_output("The answer is B", "B", "auto") == ("B", True)  # auto: letter golds -> letters
-    assert score_output("The answer is 12", "12", "auto") == (12, True)
-
-
 def test_json_records_keep_their_types(tmp_path):
     path = tmp_path / "test.json"
     path.write_text(json.dumps([{"instruction": "q", "output": "o", "answer": "18"},
@@ -118,16 +73,15 @@ def test_metrics_count_unparseable_as_wrong(tok):
     task = build_task(compose_config(["task=boolq"]).task)
     df = pd.DataFrame([{"instruction": f"Question {i}?", "input": "", "output": "", "answer": a}
                        for i, a in enumerate(["true", "false", "true", "false"])])
-    task.encode(df, tok, 64, "test")
+    encoded = task.encode(df, tok, 64, "test")
     texts = ["the correct answer is true", "true, not false", "yes it is", "i am not sure"]  # uncased tokenizer
     eos = tok.sep_token_id
     gen = [tok(t, add_special_tokens=False)["input_ids"] + [eos] for t in texts]
     width = max(map(len, gen))
     outputs = {"index": torch.tensor([2, 0, 3, 1]),
                "generated": torch.tensor([gen[i] + [eos] * (width - len(gen[i])) for i in (2, 0, 3, 1)])}
-    metrics = task.compute_metrics(outputs, "test")
-    assert metrics == {"accuracy": 25.0, "unparseable": 2.0, "examples": 4.0}
-    records = task.prediction_records(outputs, "test")
+    metrics, records = task.score(outputs, encoded)
+    assert metrics == {"accuracy": 0.25, "unparseable": 2.0, "examples": 4.0}
     assert [r["index"] for r in records] == [0, 1, 2, 3]
     assert [r["extracted"] for r in records] == ["true", "true", None, None]
     assert [r["correct"] for r in records] == [True, False, False, False]
@@ -152,7 +106,8 @@ def test_loglik_scoring_picks_the_likeliest_label_word(tok):
     assert task.main_metric == "loglik_acc"
     df = pd.DataFrame([{"instruction": "How to open a jar?", "input": "", "output": "", "answer": "solution2"},
                        {"instruction": "How to cut bread?", "input": "", "output": "", "answer": "solution1"}])
-    rows = task.encode(df, tok, 64, "test").rows
+    encoded = task.encode(df, tok, 64, "test")
+    rows = encoded.rows
     one, two = (tok(f"the correct answer is solution{k}", add_special_tokens=False)["input_ids"] for k in (1, 2))
     assert rows[0]["cand_ids"] == [one, two]
     favoured = next(b for a, b in zip(one, two) if a != b)  # the token only "solution2" has
@@ -161,8 +116,8 @@ def test_loglik_scoring_picks_the_likeliest_label_word(tok):
     outputs = task.predict_step(FavoursToken(favoured, len(tok)), batch)
     assert outputs["loglik"].shape == (2, 2) and "generated" not in outputs
     assert (outputs["loglik"][:, 1] > outputs["loglik"][:, 0]).all()
-    assert task.compute_metrics(outputs, "test") == {"loglik_acc": 50.0, "loglik_acc_norm": 50.0, "examples": 2.0}
-    records = task.prediction_records(outputs, "test")
+    metrics, records = task.score(outputs, encoded)
+    assert metrics == {"loglik_acc": 0.5, "loglik_acc_norm": 0.5, "examples": 2.0}
     assert [r["loglik_choice"] for r in records] == ["solution2", "solution2"]
     with pytest.raises(UserError, match="eval_mode"):
         build_task(compose_config(["task=gsm8k", "task.eval_mode=both"]).task)
@@ -183,7 +138,7 @@ def _boolq_record(rng, i):
 
 
 def _run(tmp_path, overrides):
-    from rocoft.training import run
+    from rocoft.runs import run
 
     cfg = compose_config(["model=tiny_decoder", *small_run_overrides(tmp_path, steps=2, train=40, evals=8),
                           "train.batch_size=8", "train.eval_batch_size=4", "data.max_length=96",
@@ -217,10 +172,10 @@ def test_full_pipeline_gsm8k_llm_adapters_layout(tmp_path):
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["test"]["examples"] == 5 and saved["validation"]["examples"] == 4
     for split in ("validation", "test"):
-        assert {"accuracy", "unparseable"} <= set(saved[split]) and 0 <= saved[split]["accuracy"] <= 100
+        assert {"accuracy", "unparseable"} <= set(saved[split]) and 0 <= saved[split]["accuracy"] <= 1
     lines = _check_predictions(out / "predictions_test.jsonl", 5, test)
     assert saved["test"]["unparseable"] == sum(r["extracted"] is None for r in lines)
-    assert saved["test"]["accuracy"] == pytest.approx(100 * sum(r["correct"] for r in lines) / 5)
+    assert saved["test"]["accuracy"] == pytest.approx(sum(r["correct"] for r in lines) / 5)
     assert metrics["train_examples"] == 40 and metrics["main_metric"] == "accuracy"
 
 
@@ -238,7 +193,7 @@ def test_full_pipeline_boolq_both_eval_modes_with_data_files(tmp_path):
         assert {"accuracy", "unparseable", "loglik_acc", "loglik_acc_norm"} <= set(saved[split])
     lines = _check_predictions(out / "predictions_test.jsonl", 6, test_records)
     assert all(r["loglik_choice"] in ("true", "false") for r in lines)
-    assert saved["test"]["loglik_acc"] == pytest.approx(100 * sum(r["loglik_correct"] for r in lines) / 6)
+    assert saved["test"]["loglik_acc"] == pytest.approx(sum(r["loglik_correct"] for r in lines) / 6)
 
 
 def test_missing_files_are_one_clear_error_naming_the_dataset(tmp_path):
@@ -249,7 +204,7 @@ def test_missing_files_are_one_clear_error_naming_the_dataset(tmp_path):
     assert "'math_10k'" in msg and "'gsm8k'" in msg and str(tmp_path / "ft-training_set" / "math_10k.json") in msg
     assert '"instruction"' in msg and '"answer"' in msg and "task.data_files.train=" in msg
     task = build_task(compose_config(["task=arc_c", f"task.data_dir={tmp_path}", "task.train_set=arc_c"]).task)
-    assert task.data_files() == {"train": tmp_path / "dataset" / "ARC-Challenge" / "train.json",
+    assert task.files() == {"train": tmp_path / "dataset" / "ARC-Challenge" / "train.json",
                                  "test": tmp_path / "dataset" / "ARC-Challenge" / "test.json"}
     with pytest.raises(UserError, match="ARC-Challenge"):
         task.splits()
@@ -266,12 +221,12 @@ def test_every_llm_adapters_config_carries_the_paper_settings():
             epochs = {"arc_c": 4, "obqa": 1}.get(name, 2)
             assert (cfg.train.lr, hp.epochs, hp.batch_size, hp.gradient_accumulation_steps, hp.warmup_steps) == \
                 (2e-3, epochs, 3, 3, 100)
-            assert task.generation_kwargs()["max_new_tokens"] == 32 and task.answer_type == "label"
+            assert task.generation.kwargs()["max_new_tokens"] == 32 and task.answer_type == "label"
         else:
             assert (cfg.train.lr, hp.epochs, hp.batch_size, hp.gradient_accumulation_steps, hp.warmup_steps) == \
                 (1e-3, 2, 8, 2, 500)
-            assert task.generation_kwargs()["max_new_tokens"] == 256
+            assert task.generation.kwargs()["max_new_tokens"] == 256
         assert cfg.task.rocoft.bias == "rocoft_only" and cfg.task.rocoft.selection == "random"
-        assert task.generation_kwargs()["num_beams"] == 1
+        assert task.generation.kwargs()["num_beams"] == 1
     assert build_task(compose_config(["task=aqua"]).task).answer_type == "letter"
     assert build_task(compose_config(["task=siqa"]).task).label_words == ["answer1", "answer2", "answer3"]

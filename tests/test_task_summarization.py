@@ -1,4 +1,4 @@
-"""Summarization (XSum / CNN-DailyMail): sentence splitting, ROUGE, labels, the full pipeline offline."""
+"""Summarization (XSum / CNN-DailyMail): labels, generation, the full pipeline offline (ROUGE: test_metrics.py)."""
 
 import json
 import random
@@ -11,45 +11,7 @@ from conftest import compose_config, small_run_overrides
 from rocoft.errors import UserError
 from rocoft.models import load_tokenizer
 from rocoft.tasks import build_task
-from rocoft.tasks.summarization import SummarizationTask, rouge, rouge_scores, split_sentences
-
-
-def test_sentence_splitter_on_a_hand_made_paragraph():
-    text = ('The storm hit Newton Stewart on Friday. Mr. Smith, 54, said "It was awful!" Roads were shut. '
-            'Was anyone hurt? 12 people were treated by Dr. Jones of the U.S. Army at St. Mary\'s. '
-            'prices rose 3.5 per cent. "We will rebuild," the council said.\nA second line here')
-    assert split_sentences(text) == [
-        "The storm hit Newton Stewart on Friday.",
-        'Mr. Smith, 54, said "It was awful!"',
-        "Roads were shut.",
-        "Was anyone hurt?",
-        "12 people were treated by Dr. Jones of the U.S. Army at St. Mary's. prices rose 3.5 per cent.",
-        '"We will rebuild," the council said.',
-        "A second line here",
-    ]
-    assert split_sentences("") == [] and split_sentences("no end punctuation") == ["no end punctuation"]
-
-
-def test_rouge_matches_rouge_score_computed_independently():
-    from rouge_score import rouge_scorer
-
-    preds = ["The cat sat on the mat. It was happy.", "Police arrested two men in London.", ""]
-    refs = ["A cat was sitting on the mat. The cat was happy.", "Two men were arrested by police in London.",
-            "Nothing happened."]
-    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"], use_stemmer=True)
-    lines = {0: ("A cat was sitting on the mat.\nThe cat was happy.", "The cat sat on the mat.\nIt was happy."),
-             1: (refs[1], preds[1]), 2: (refs[2], preds[2])}
-    expected = [scorer.score(*lines[i]) for i in range(3)]
-    per = rouge_scores(preds, refs)
-    for e, p in zip(expected, per):
-        for key in ("rouge1", "rouge2", "rougeL", "rougeLsum"):
-            assert p[key] == pytest.approx(100 * e[key].fmeasure)
-    assert per[2]["rouge1"] == 0.0
-    mean = rouge(preds, refs)
-    assert mean["rouge2"] == pytest.approx(sum(100 * e["rouge2"].fmeasure for e in expected) / 3)
-    # rougeLsum sees the sentence split: a summary whose sentences are reordered keeps its rougeLsum
-    swapped = rouge_scores(["It was happy. The cat sat on the mat."], [preds[0]])[0]
-    assert swapped["rougeLsum"] == pytest.approx(100.0) and swapped["rougeL"] < 100.0
+from rocoft.tasks.summarization import SummarizationTask
 
 
 def test_labels_are_the_target_with_padding_ignored():
@@ -67,14 +29,14 @@ def test_labels_are_the_target_with_padding_ignored():
     assert (batch["labels"][1, short:] == -100).all() and (batch["labels"][0] != -100).all()
     eval_rows = task.encode(df, tok, 32, "test").rows
     assert [r["index"] for r in eval_rows] == [0, 1] and all("labels" not in r for r in eval_rows)
-    assert task.generation_kwargs()["max_new_tokens"] == 6 and task.generation_kwargs()["num_beams"] == 6
+    assert task.generation.kwargs()["max_new_tokens"] == 6 and task.generation.kwargs()["num_beams"] == 6
 
 
 def test_cnn_dailymail_config():
     cfg = compose_config(["task=cnn_dailymail"]).task
     assert (cfg.source_field, cfg.target_field, cfg.max_target_length) == ("article", "highlights", 142)
     assert cfg.dataset.hub_id == "abisee/cnn_dailymail" and cfg.dataset.hub_config == "3.0.0"
-    gen = build_task(cfg).generation_kwargs()
+    gen = build_task(cfg).generation.kwargs()
     assert gen["num_beams"] == 4 and gen["no_repeat_ngram_size"] == 3 and gen["max_new_tokens"] == 142
 
 
@@ -89,7 +51,7 @@ def _xsum_rows(rng, n, start=0):
 
 
 def test_full_pipeline_tiny_seq2seq_on_xsum_files(tmp_path):
-    from rocoft.training import run
+    from rocoft.runs import run
 
     rng = random.Random(0)
     pd.DataFrame(_xsum_rows(rng, 32)).to_json(tmp_path / "train.jsonl", orient="records", lines=True)
@@ -106,7 +68,7 @@ def test_full_pipeline_tiny_seq2seq_on_xsum_files(tmp_path):
     saved = json.loads((out / "metrics.json").read_text())
     for split, n in (("validation", 4), ("test", 5)):
         assert set(saved[split]) >= {"rouge1", "rouge2", "rougeL", "rougeLsum"} and saved[split]["examples"] == n
-        assert all(0.0 <= saved[split][k] <= 100.0 for k in ("rouge1", "rouge2", "rougeL", "rougeLsum"))
+        assert all(0.0 <= saved[split][k] <= 1.0 for k in ("rouge1", "rouge2", "rougeL", "rougeLsum"))
         lines = [json.loads(line) for line in (out / f"predictions_{split}.jsonl").read_text().splitlines()]
         assert len(lines) == n and sorted(r["index"] for r in lines) == list(range(n))
         for r in lines:

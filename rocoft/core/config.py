@@ -35,8 +35,9 @@ class RoCoFTConfig(PeftConfig):
     rank: int = field(default=3, metadata={"help": "Rows/columns trained per targeted matrix (row/column axes)."})
     p: float | None = field(default=None, metadata={"help": "Probability that an entry trains (axis='entry')."})
     target_modules: list[str] | str | None = field(
-        default=None, metadata={"help": "Module-name patterns to adapt (exact or dotted-suffix match, or "
-                                        "'re:<regex>' full match); None = the family's default (rocoft.core.targets)."})
+        default=None, metadata={"help": "Modules to adapt, as for LoRA: a string is a regex matching the whole name; "
+                                        "a list holds names matched exactly or as a dotted suffix (or 're:<regex>'); "
+                                        "None = the family's default (rocoft.core.targets)."})
     exclude_modules: list[str] | str | None = field(
         default=None, metadata={"help": "Module-name patterns never adapted."})
     bias: str = field(default="none", metadata={"help": "'none', 'rocoft_only' (= 'targeted': biases of adapted "
@@ -46,7 +47,12 @@ class RoCoFTConfig(PeftConfig):
     modules_to_save: list[str] | None = field(
         default=None, metadata={"help": "Modules trained fully and saved with the adapter (task heads)."})
     master_dtype: str | None = field(
-        default=None, metadata={"help": "dtype of the trained values; None = float32 for half-precision bases."})
+        default=None, metadata={"help": "dtype of the trained values; None = float32 for half-precision bases "
+                                        "(unless peft's autocast_adapter_dtype=False: then the base's dtype)."})
+    init_weights: bool = field(
+        default=True, metadata={"help": "True: start from the pretrained values (the model is unchanged until "
+                                        "trained). False: add seeded noise, so that merging / disabling is "
+                                        "observable (peft's testing convention)."})
     reuse_saved_inputs: bool = field(
         default=True, metadata={"help": "Rows: rebuild a layer's input in backward from tensors its producer already "
                                         "saved (e.g. SwiGLU's act(gate) * up) instead of keeping a copy. Exact; "
@@ -55,6 +61,9 @@ class RoCoFTConfig(PeftConfig):
     def __post_init__(self):
         super().__post_init__()
         self.peft_type = _ensure_peft_type()
+        # Not a field (never saved), as SHiRA's mask_fn: ``index_fn(layer_name, weight) -> indices or None``
+        # gives precomputed indices (apply_rocoft's Wanda calibration, load_adapter's saved indices).
+        self.index_fn = None
         if self.bias == "targeted":
             self.bias = "rocoft_only"
         if self.axis not in AXES:

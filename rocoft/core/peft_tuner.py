@@ -1,4 +1,4 @@
-"""RoCoFT as a PEFT method: ``peft.get_peft_model(model, RoCoFTConfig(...))``.
+"""RoCoFT as a peft method: the one RoCoFT layer (:class:`RoCoFTLayer`) and its tuner (:class:`RoCoFTModel`).
 
 Importing ``rocoft`` registers it, after which the usual peft workflow applies::
 
@@ -8,9 +8,11 @@ Importing ``rocoft`` registers it, after which the usual peft workflow applies::
     model = PeftModel.from_pretrained(base, dir)  # exact outputs on a fresh base
     merged = model.merge_and_unload()             # a plain transformers model
 
-RoCoFT updates the weight in place, so a layer holds each adapter's trained values and
-indices (one :class:`RoCoFTSlice` per adapter) and writes the *active* adapter's values into
-the base weight; switching or disabling adapters first restores the pretrained values.
+``rocoft.apply_rocoft`` injects the same layers through the same tuner (without the PeftModel
+wrapper). A layer holds one :class:`RoCoFTSlice` per adapter; the base weight keeps the pretrained
+values, so adapters can be added, switched, disabled, deleted and combined (several active
+adapters add their changes) as with any peft tuner. Merging writes the trained values into the
+base weight; unmerging restores the values it overwrote.
 """
 
 from __future__ import annotations
@@ -23,118 +25,111 @@ from peft.utils.peft_types import register_peft_method
 from torch import nn
 
 from .config import RoCoFTConfig, _ensure_peft_type
-from .layer import RoCoFTSlice, origin_for_load
-from .model import (check_untied, choose_index, in_saved_module, layer_generator, replace_everywhere,
-                    target_patterns, tied_modules)
-from .selection import SCORED
-from .targets import FAMILY_TARGETS, name_matches
+from .layer import RoCoFTSlice
+from .selection import SCORED, choose_index, layer_generator
+from .targets import (FAMILY_TARGETS, check_untied, is_target, replace_everywhere, target_patterns,
+                      tied_modules)
 
 
 class RoCoFTLayer(nn.Module, BaseTunerLayer):
-    """A linear layer with one or more RoCoFT adapters; the active one lives inside ``base_layer.weight``."""
+    """A linear layer with one or more RoCoFT adapters (``rocoft_slices[adapter_name]``) over a frozen base."""
 
     adapter_layer_names = ("rocoft_slices",)
+    other_param_names = ()
 
-    def __init__(self, base_layer: nn.Linear, adapter_name: str, index: torch.Tensor, config: RoCoFTConfig):
+    def __init__(self, base_layer: nn.Linear, adapter_name: str, index: torch.Tensor, config: RoCoFTConfig,
+                 generator: torch.Generator | None = None):
         super().__init__()
         if not isinstance(base_layer, nn.Linear):
             raise TypeError(f"RoCoFT adapts nn.Linear layers, got {type(base_layer).__name__}")
         self.base_layer = base_layer
         self.rocoft_slices = nn.ModuleDict()
+        self._disable_adapters = False
         self.merged_adapters: list[str] = []
-        self._written: str | None = None  # the adapter whose values are in base_layer.weight now
+        self._active_adapter = adapter_name
+        self.kwargs = {}
         self.in_features, self.out_features = base_layer.in_features, base_layer.out_features
-        self._register_load_state_dict_pre_hook(_restore_before_load, with_module=True)
-        self.register_load_state_dict_post_hook(_reset_after_load)
-        self.update_layer(adapter_name, index, config)
+        self.update_layer(adapter_name, index, config, generator)
 
-    def update_layer(self, adapter_name: str, index: torch.Tensor, config: RoCoFTConfig) -> None:
-        self.write(None)  # a new adapter reads pristine pretrained values
-        master = getattr(torch, config.master_dtype) if config.master_dtype else None
-        self.rocoft_slices[adapter_name] = RoCoFTSlice(self.base_layer.weight, config.axis, index, master,
-                                                         config.reuse_saved_inputs)
+    def update_layer(self, adapter_name: str, index: torch.Tensor, config: RoCoFTConfig,
+                     generator: torch.Generator | None = None) -> None:
+        dtype = getattr(torch, config.master_dtype) if config.master_dtype else None
+        s = RoCoFTSlice(self.base_layer.weight, config.axis, index, dtype, config.reuse_saved_inputs)
+        if not config.init_weights and s.weight.device.type != "meta":
+            s.perturb(generator if generator is not None else torch.Generator().manual_seed(config.seed))
+        self.rocoft_slices[adapter_name] = s
         self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
 
-    def delete_adapter(self, adapter_name: str) -> None:
-        if self._written == adapter_name:
-            self.write(None)  # its values leave the weight with it
-        super().delete_adapter(adapter_name)
-        self.write(self._single_active())
-
-    def write(self, adapter_name: str | None, force: bool = False) -> None:
-        """Make ``base_layer.weight`` hold ``adapter_name``'s values (None: the pretrained ones)."""
-        w = self.base_layer.weight
-        if self._written != adapter_name or force:
-            if self._written is not None and self._written in self.rocoft_slices:
-                self.rocoft_slices[self._written].restore(w)
-            if adapter_name is not None:
-                self.rocoft_slices[adapter_name].sync(w, force=True)
-            self._written = adapter_name
-        elif adapter_name is not None:
-            self.rocoft_slices[adapter_name].sync(w)
-
-    def _single_active(self) -> str | None:
-        active = [a for a in self.active_adapters if a in self.rocoft_slices]
-        if len(active) > 1:
-            raise ValueError(f"RoCoFT updates weights in place: one active adapter at a time, got {active}")
-        return active[0] if active else None
+    def slice(self, adapter_name: str | None = None) -> RoCoFTSlice:
+        """The trained values of ``adapter_name`` (None: the active adapter, which must be one)."""
+        if adapter_name is None:
+            active = [a for a in self.active_adapters if a in self.rocoft_slices]
+            if len(active) != 1:
+                raise ValueError(f"RoCoFTLayer.slice() needs an adapter name: active adapters here are {active}")
+            adapter_name = active[0]
+        return self.rocoft_slices[adapter_name]
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if self.disable_adapters:
             if self.merged:
                 self.unmerge()
-            self.write(None)
             return self.base_layer(x, *args, **kwargs)
         if self.merged:
             return self.base_layer(x, *args, **kwargs)
-        adapter = self._single_active()
-        self.write(adapter)
-        if adapter is None:
-            return self.base_layer(x, *args, **kwargs)
-        return self.rocoft_slices[adapter].linear(x, self.base_layer)
+        active = [a for a in self.active_adapters if a in self.rocoft_slices]
+        if len(active) == 1:
+            return self.rocoft_slices[active[0]].linear(x, self.base_layer)
+        y = self.base_layer(x, *args, **kwargs)
+        for name in active:  # several active adapters: their changes add up, as LoRA's do
+            y = self.rocoft_slices[name].add_correction(y, x, self.base_layer.weight)
+        return y
 
+    def _pristine_weight(self) -> torch.Tensor:
+        """The base weight without any merged adapter (a copy when some are merged)."""
+        w = self.base_layer.weight.detach()
+        if not self.merged_adapters:
+            return w
+        w = w.clone()
+        for name in reversed(self.merged_adapters):
+            s = self.rocoft_slices[name]
+            s.scatter(w, s.origin)
+        return w
+
+    @torch.no_grad()
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
-        adapter_names = check_adapters_to_merge(self, adapter_names)
-        if not adapter_names:
-            return
-        if len(adapter_names) > 1 or self.merged_adapters:
-            raise ValueError("RoCoFT merges one adapter at a time (its values replace weight entries in place)")
-        name = adapter_names[0]
-        self.write(name, force=True)
-        if safe_merge and not torch.isfinite(self.base_layer.weight).all():
-            self.write(None)
-            raise ValueError(f"NaNs or infs in the merged weights of adapter {name!r}")
-        self.merged_adapters.append(name)
+        """Write the trained values into the base weight (after another merged adapter: add the change)."""
+        w = self.base_layer.weight
+        for name in check_adapters_to_merge(self, adapter_names):
+            if name not in self.rocoft_slices:
+                continue
+            s = self.rocoft_slices[name]
+            current = s.gather(w)
+            if self.merged_adapters:  # the change of this adapter on top of those already merged
+                new = current.to(s.weight.dtype) + s.delta(self._pristine_weight())
+            else:  # the trained values themselves, exactly
+                new = s.weight.detach()
+            if safe_merge and not torch.isfinite(new).all():
+                raise ValueError(f"NaNs or infs in the merged weights of adapter {name!r}")
+            s.origin = current.clone()
+            s.scatter(w, new)
+            self.merged_adapters.append(name)
 
+    @torch.no_grad()
     def unmerge(self) -> None:
-        if self.merged_adapters:
-            self.merged_adapters.pop()
-            self.write(None)
+        while self.merged_adapters:
+            s = self.rocoft_slices[self.merged_adapters.pop()]
+            s.scatter(self.base_layer.weight, s.origin)
+            s.origin = None
 
     def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
         """The dense update ``W_finetuned - W_pretrained`` of one adapter (zero outside its rows/columns)."""
         s = self.rocoft_slices[adapter_name]
         delta = torch.zeros_like(self.base_layer.weight, dtype=s.weight.dtype)
-        s.scatter(delta, s.weight.detach() - s.origin.to(s.weight.dtype))
+        s.scatter(delta, s.delta(self._pristine_weight()).detach())
         return delta
 
     def __repr__(self) -> str:
         return "rocoft." + super().__repr__()
-
-
-def _restore_before_load(module: RoCoFTLayer, state_dict, prefix, *args, **kwargs):
-    module.write(None)
-    w = module.base_layer.weight
-    module._pending_origins = {name: origin_for_load(s, w, state_dict, prefix + "base_layer.weight",
-                                                     f"{prefix}rocoft_slices.{name}.")
-                               for name, s in module.rocoft_slices.items()}
-
-
-def _reset_after_load(module: RoCoFTLayer, incompatible_keys):
-    pending = getattr(module, "_pending_origins", None) or {}
-    for name, s in module.rocoft_slices.items():
-        s.reset_origin(module.base_layer.weight, pending.get(name))
-    module._pending_origins = None
 
 
 class RoCoFTModel(BaseTuner):
@@ -148,7 +143,8 @@ class RoCoFTModel(BaseTuner):
         self._tied = tied_modules(self.model)  # once per injection, read for each target
         if peft_config.target_modules is None:
             peft_config.target_modules = target_patterns(self.model, peft_config)
-        if peft_config.selection in SCORED and peft_config.axis != "entry":
+        if (peft_config.selection in SCORED and peft_config.axis != "entry"
+                and getattr(peft_config, "index_fn", None) is None):
             warnings.warn(f"RoCoFT selection {peft_config.selection!r} needs calibration data, which "
                           "get_peft_model cannot take: rows/columns start as 'first' (a checkpoint's saved "
                           "indices replace them on load). Use rocoft.apply_rocoft(model, config, "
@@ -157,25 +153,24 @@ class RoCoFTModel(BaseTuner):
 
     @staticmethod
     def _check_target_module_exists(peft_config: RoCoFTConfig, key: str) -> bool:
-        return (name_matches(key, peft_config.target_modules) and not name_matches(key, peft_config.exclude_modules)
-                and not in_saved_module(key, peft_config.modules_to_save))
+        return is_target(key, peft_config.target_modules, peft_config)
 
     def _create_and_replace(self, peft_config, adapter_name, target, target_name, parent, current_key, **kwargs):
-        generator = layer_generator(peft_config.seed, current_key)
         base = target.get_base_layer() if isinstance(target, RoCoFTLayer) else target
         if not isinstance(base, nn.Linear):
             raise TypeError(f"RoCoFT adapts nn.Linear layers; {current_key} is {type(base).__name__}")
-        config = peft_config
-        if config.selection in SCORED and config.axis != "entry":
-            config = RoCoFTConfig(**{**config.to_dict(), "selection": "first", "peft_type": None})
         if getattr(self, "_tied", None) is None:
             self._tied = tied_modules(self.model)
         check_untied([current_key], self._tied)
-        index = choose_index(base.weight, config, generator)
+        index_fn = getattr(peft_config, "index_fn", None)
+        index = index_fn(current_key, base.weight) if index_fn is not None else None
+        if index is None:
+            index = choose_index(base.weight, peft_config, layer_generator(peft_config.seed, current_key))
+        noise = layer_generator(peft_config.seed + 1, current_key)  # init_weights=False only
         if isinstance(target, RoCoFTLayer):
-            target.update_layer(adapter_name, index, peft_config)
+            target.update_layer(adapter_name, index, peft_config, noise)
             return
-        new_module = RoCoFTLayer(target, adapter_name, index, peft_config)
+        new_module = RoCoFTLayer(target, adapter_name, index, peft_config, noise)
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)
         self._replace_module(parent, target_name, new_module, target)
@@ -185,15 +180,8 @@ class RoCoFTModel(BaseTuner):
         if not merge:  # the base layers leave holding their pretrained weights
             for module in self.model.modules():
                 if isinstance(module, RoCoFTLayer):
-                    module.merged_adapters.clear()
-                    module.write(None)
+                    module.unmerge()
         return super()._unload_and_optionally_merge(merge, *args, **kwargs)
-
-    def set_adapter(self, adapter_name, inference_mode: bool = False) -> None:
-        super().set_adapter(adapter_name, inference_mode=inference_mode)
-        for module in self.model.modules():
-            if isinstance(module, RoCoFTLayer):
-                module.write(module._single_active())
 
 
 _ensure_peft_type()

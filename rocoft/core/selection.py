@@ -58,3 +58,23 @@ def select_indices(size: int, rank: int, strategy: str = "first", *, generator=N
             lo = [i for i in rest.tolist() if i not in set(hi.tolist())][: rank // 2]
             idx = torch.cat([hi, torch.tensor(lo, dtype=torch.long)])
     return idx.sort().values
+
+
+def choose_index(weight: torch.Tensor, config, generator, input_norm=None) -> torch.Tensor:
+    """The indices one weight trains under ``config`` (rows, columns, or flat entries)."""
+    if config.axis == "entry":
+        return sample_entries(weight.numel(), float(config.p), generator)
+    size = weight.shape[0 if config.axis == "row" else 1]
+    if config.rank > size:
+        raise ValueError(f"RoCoFT rank {config.rank} exceeds the {config.axis} count {size} of a "
+                         f"{tuple(weight.shape)} weight")
+    scores = wanda_scores(weight, input_norm, config.axis) if input_norm is not None else None
+    selection = config.selection if scores is not None or config.selection not in SCORED else "first"
+    return select_indices(size, config.rank, selection, generator=generator, scores=scores)
+
+
+def layer_generator(seed: int, layer_name: str) -> torch.Generator:
+    """The RNG of one layer's random choice: depends on the seed and the layer's name only, so that
+    ``apply_rocoft`` and ``get_peft_model`` pick the same rows whatever order layers are visited in."""
+    offset = sum((i + 1) * ord(c) for i, c in enumerate(layer_name)) % 1_000_003  # stable across processes
+    return torch.Generator().manual_seed(seed * 1_000_003 + offset)

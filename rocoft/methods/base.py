@@ -19,28 +19,30 @@ def plain(value):
 
 
 class Method:
-    """One fine-tuning method configured by ``conf/method/<name>.yaml``.
+    """One fine-tuning method, built by :func:`rocoft.methods.build_method` from ``conf/method/<name>.yaml``.
 
-    Subclasses implement :meth:`apply`; the other hooks have defaults that suit most methods.
-    ``heads`` are the model's task-head patterns for this task kind: always trained fully.
+    Subclasses take their settings as typed keyword arguments (the YAML's keys) and implement
+    :meth:`apply`; the other hooks have defaults that suit most methods. ``model_cfg``, ``kind`` (the
+    task's model-head kind) and ``seed`` come from the run. ``heads`` are the model's task-head patterns
+    for this kind (``model.head_modules``): always trained fully.
     """
 
     #: task kinds this method supports (a clear error names the method and family otherwise)
     supported_kinds: tuple[str, ...] = KINDS
+    #: training batches :meth:`apply` gets as ``calibration_batches`` (0: none)
+    calibration_batches: int = 0
 
-    def __init__(self, cfg, model_cfg, kind: str, seed: int):
-        self.cfg, self.model_cfg, self.kind, self.seed = cfg, model_cfg, kind, seed
-        self.name = cfg.name
-        heads = model_cfg.get("head_modules") or {}
-        self.heads = list(plain(heads.get(kind)) or [])
+    def __init__(self, name: str, *, model_cfg, kind: str, seed: int, rank: int | None = None):
+        self.name, self.model_cfg, self.kind, self.seed = name, model_cfg, kind, seed
+        self.rank = rank  # the capacity knob recorded in results (None where the method has none)
         if kind not in self.supported_kinds:
             raise UserError(f"method={self.name} does not support {kind} models ({model_cfg.name}, family "
                             f"{model_cfg.family}); it supports: {', '.join(self.supported_kinds)}.")
-
-    @property
-    def rank(self):
-        """The capacity knob recorded in results (None where the method has none)."""
-        return self.cfg.get("rank")
+        heads = plain(model_cfg.head_modules)
+        if kind not in heads:
+            raise UserError(f"model={model_cfg.name} names no task head for {kind} models: add "
+                            f"head_modules.{kind} (a list of module names, [] for none) to its config.")
+        self.heads = list(heads[kind])
 
     def apply(self, model: nn.Module, *, calibration_batches=None, total_steps: int | None = None) -> nn.Module:
         raise NotImplementedError

@@ -4,23 +4,34 @@ from __future__ import annotations
 
 from ..core import RoCoFTConfig, apply_rocoft, load_adapter, merge_rocoft, save_adapter
 from ..errors import UserError
-from .base import Method, plain
+from .base import Method
 
 
 class RoCoFTMethod(Method):
-    @property
-    def rank(self):
-        return None if self.cfg.axis == "entry" else self.cfg.get("rank")
+    """Train r rows or columns (or sampled entries) of every targeted weight matrix, in place.
+
+    The arguments are :class:`rocoft.core.RoCoFTConfig`'s (see its field help), plus
+    ``calibration_batches``: training batches whose real layer inputs give the Wanda scores of the
+    ``max`` / ``min`` / ``mixed`` selections. ``target_modules=None`` adapts ``model.target_modules``.
+    """
+
+    def __init__(self, name: str, *, axis: str = "row", rank: int | None = 3, p: float | None = None,
+                 bias: str = "none", selection: str = "first", calibration_batches: int = 0,
+                 target_modules: list[str] | str | None = None, master_dtype: str | None = None,
+                 reuse_saved_inputs: bool = True, **context):
+        super().__init__(name, rank=None if axis == "entry" else rank, **context)
+        self.calibration_batches = calibration_batches
+        targets = self.model_cfg.target_modules if target_modules is None else target_modules
+        self._config = dict(axis=axis, p=p, bias=bias, selection=selection, seed=self.seed,
+                            **({} if axis == "entry" else {"rank": rank}),  # entries: p, not a rank target_modules=targets if isinstance(targets, str) else list(targets),
+                            modules_to_save=self.heads or None, master_dtype=master_dtype,
+                            reuse_saved_inputs=reuse_saved_inputs)
+        self.config()  # a bad setting fails now, with the method's name
 
     def config(self) -> RoCoFTConfig:
-        targets = self.cfg.get("target_modules") or self.model_cfg.get("target_modules")
+        """A fresh :class:`RoCoFTConfig` of these settings (peft may adjust the one it injects with)."""
         try:
-            return RoCoFTConfig(
-                axis=self.cfg.axis, rank=1 if self.cfg.get("rank") is None else self.cfg.rank, p=self.cfg.get("p"),
-                bias=self.cfg.bias, selection=self.cfg.selection, seed=self.seed,
-                target_modules=None if targets is None else list(plain(targets)),
-                modules_to_save=self.heads or None, master_dtype=self.cfg.get("master_dtype"),
-                reuse_saved_inputs=bool(self.cfg.get("reuse_saved_inputs", True)))
+            return RoCoFTConfig(**self._config)
         except ValueError as e:
             raise UserError(f"method={self.name}: {e}") from None
 
@@ -31,7 +42,7 @@ class RoCoFTMethod(Method):
             raise UserError(f"method={self.name}: {e}") from None
 
     def save(self, model, directory):
-        save_adapter(model, self.config(), directory, base_model_name_or_path=self.model_cfg.get("hub_id"))
+        save_adapter(model, self.config(), directory, base_model_name_or_path=self.model_cfg.hub_id)
 
     def load(self, base, directory):
         return load_adapter(base, directory)

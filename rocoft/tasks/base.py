@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch.utils.data import Dataset
 
 from ..errors import UserError
-from .data import load_splits, subsample
+from .data import Source, SplitSpec, load_splits, read_table, subsample
 
 
-class Features(Dataset):
-    """A list of tokenised examples (dicts of python lists) as a torch Dataset."""
+class Encoded(Dataset):
+    """One tokenised split: ``rows`` (dicts of python lists: what ``collate`` batches) and what scoring needs.
 
-    def __init__(self, rows: list[dict]):
-        self.rows = rows
+    ``examples``: per-example columns for scoring and prediction records (gold answers, prompts, ids ...);
+    ``features``: per-row bookkeeping when a row is not an example (QA: the windows of a long context)."""
+
+    def __init__(self, rows: list[dict], split: str = "train", tokenizer=None, examples: dict | None = None,
+                 features: dict | None = None):
+        self.rows, self.split, self.tokenizer = rows, split, tokenizer
+        self.examples, self.features = examples or {}, features or {}
 
     def __len__(self):
         return len(self.rows)
@@ -22,43 +29,78 @@ class Features(Dataset):
         return self.rows[i]
 
 
+def settings(cls, value, key: str):
+    """A dataclass of settings from a config mapping; unknown keys are one clear error."""
+    if isinstance(value, cls):
+        return value
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(value or {}) - names)
+    if unknown:
+        raise UserError(f"Unknown setting(s) {unknown} in task.{key}; known: {sorted(names)}.")
+    return cls(**(value or {}))
+
+
 class Task:
     """A task: its raw splits, how to tokenise them, batch them, predict and score.
 
-    Subclasses set ``kind`` (the model head: see ``rocoft.models.HEAD_CLASSES``) and implement
-    ``encode``, ``collate``, ``predict_step`` and ``compute_metrics``. The training loop:
+    The settings are constructor arguments (a task YAML names the class in ``_target_``; see
+    :func:`rocoft.tasks.build_task`). Subclasses set ``kind`` (the model head: ``rocoft.models.HEAD_CLASSES``)
+    and implement ``encode``, ``collate``, ``predict_step`` and ``score``. The training loop:
 
-    * encodes every split with ``encode(df, tokenizer, max_length, split)``;
-    * evaluates each of ``eval_splits`` (those present) by gathering ``predict_step`` outputs over
-      all processes, then ``compute_metrics(outputs, split)``;
-    * writes ``prediction_records(outputs, split)`` (if not None) to ``<run>/predictions_<split>.jsonl``.
+    * encodes every split: ``data[split] = encode(df, tokenizer, max_length, split)``, an :class:`Encoded`;
+    * evaluates each of ``eval_splits`` (those present) by gathering ``predict_step`` outputs over all
+      processes, then ``metrics, records = score(outputs, data[split])``; metrics are fractions (see
+      ``rocoft.metrics``), records (if not None) go to ``<run>/predictions_<split>.jsonl``.
 
     Tasks are plain objects usable outside the training loop (e.g. for kernel analyses).
     """
 
     kind: str = ""
     main_metric: str = ""
+    default_eval_splits = ("validation", "test")
+    reader = staticmethod(read_table)   # reads one local data file (rocoft.tasks.data)
+    columns: list[str] = []              # columns every split must have (checked when loading)
+    stratify: str | None = None          # the column carved splits are stratified by
 
-    def __init__(self, cfg):
-        self.cfg = cfg
-        self.name = cfg.name
+    def __init__(self, name: str, dataset: dict | None = None, data_files: dict | str | None = None,
+                 eval_splits: list[str] | None = None, split: dict | None = None, main_metric: str | None = None):
+        self.name = name
+        self.source = settings(Source, dataset, "dataset")
+        self.data_files = {"train": data_files} if isinstance(data_files, str) else dict(data_files or {})
+        self.eval_splits = list(eval_splits or self.default_eval_splits)
+        self.split = settings(SplitSpec, split, "split")
+        self.main_metric = main_metric or self.main_metric
 
     @property
     def num_labels(self) -> int | None:
         return None
 
-    @property
-    def eval_splits(self) -> list[str]:
-        """Splits scored at the end of a run; the first is also the periodic validation split."""
-        return list(self.cfg.get("eval_splits") or ["validation", "test"])
+    # ---- raw data
+    def files(self) -> dict:
+        """Split -> local file to read (``task.data_files``; empty: the source is ``task.dataset``)."""
+        return {s: p for s, p in self.data_files.items() if p}
+
+    def hint(self) -> str:
+        """How to give the data offline (ends every data error)."""
+        return (f"give local files with columns [{', '.join(self.columns)}], e.g. task.data_files.train=train.csv "
+                f"task.data_files.validation=dev.csv (csv, tsv, json, jsonl or parquet).")
+
+    def prepare(self, df, split: str):
+        """One split as read, in the task's columns (the identity unless a task needs more)."""
+        return df
+
+    def load(self) -> dict:
+        """All splits, whole: train / validation / test (or the task's own), missing ones carved from train."""
+        return load_splits(self.name, self.files(), self.source, self.split, self.reader, self.prepare,
+                           self.columns, self.stratify, self.eval_splits, self.hint())
 
     def splits(self, max_train: int | None = None, max_eval: int | None = None) -> dict:
-        """Raw DataFrames per split, capped at ``max_train`` / ``max_eval`` rows."""
-        raw = load_splits(self.cfg)
-        seed = self.cfg.split.seed
-        return {s: subsample(df, max_train if s == "train" else max_eval, seed) for s, df in raw.items()}
+        """Raw DataFrames per split, capped at ``max_train`` / ``max_eval`` rows (a seeded subset)."""
+        return {s: subsample(df, max_train if s == "train" else max_eval, self.split.seed)
+                for s, df in self.load().items()}
 
-    def encode(self, df, tokenizer, max_length: int, split: str = "train") -> Features:
+    # ---- features, prediction, scoring
+    def encode(self, df, tokenizer, max_length: int, split: str = "train") -> Encoded:
         raise NotImplementedError
 
     def collate(self, tokenizer):
@@ -69,15 +111,6 @@ class Task:
         """Per-example tensors to gather across processes (first dim = batch)."""
         raise NotImplementedError
 
-    def compute_metrics(self, outputs: dict[str, torch.Tensor], split: str = "validation") -> dict[str, float]:
+    def score(self, outputs: dict[str, torch.Tensor], encoded: Encoded) -> tuple[dict[str, float], list[dict] | None]:
+        """(metrics, per-example records or None) of the gathered ``outputs`` of the split ``encoded``."""
         raise NotImplementedError
-
-    def prediction_records(self, outputs: dict[str, torch.Tensor], split: str) -> list[dict] | None:
-        """Per-example records (input, output, gold, ...) written next to the metrics; None = none."""
-        return None
-
-    def check_columns(self, df, split: str, columns) -> None:
-        missing = [c for c in columns if c not in df.columns]
-        if missing:
-            raise UserError(f"The {split} split of task {self.name!r} lacks column(s) {missing}; "
-                            f"it has {list(df.columns)}. Rename them or set task.text_fields / task.label_field.")

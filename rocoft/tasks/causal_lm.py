@@ -1,6 +1,11 @@
 """Causal language modelling on a text column (loss on every non-padding token).
 
-Metrics: mean token negative log-likelihood (``loss``) and ``perplexity`` = exp(loss).
+Example row (``task=rotten_tomatoes_lm``: the Rotten Tomatoes sentences, label used only to stratify)::
+
+    text,label,source
+    "the rock is destined to be the 21st century's new " conan " ...",1,rotten_tomatoes
+
+Metrics: mean token negative log-likelihood (``loss``) and ``perplexity`` = exp(loss); not scores.
 """
 
 from __future__ import annotations
@@ -10,18 +15,24 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .base import Features, Task
+from .base import Encoded, Task
+from .data import require_columns
 
 
 class CausalLMTask(Task):
     kind = "causal_lm"
     main_metric = "perplexity"
 
+    def __init__(self, text_fields: list[str] = ("text",), label_field: str | None = None, **common):
+        super().__init__(**common)
+        self.columns, self.stratify = list(text_fields), label_field  # the label only stratifies carved splits
+
     def encode(self, df, tokenizer, max_length, split="train"):
-        field = self.cfg.text_fields[0]
-        self.check_columns(df, split, [field])
+        field = self.columns[0]
+        require_columns(df, [field], self.name, split)
         enc = tokenizer(df[field].fillna("").astype(str).tolist(), truncation=True, max_length=max_length)
-        return Features([{k: enc[k][i] for k in ("input_ids", "attention_mask")} for i in range(len(df))])
+        return Encoded([{k: enc[k][i] for k in ("input_ids", "attention_mask")} for i in range(len(df))], split,
+                       tokenizer)
 
     def collate(self, tokenizer):
         def collate(rows):
@@ -39,6 +50,6 @@ class CausalLMTask(Task):
         nll = F.cross_entropy(shift_logits.transpose(1, 2), shift_labels, ignore_index=-100, reduction="none")
         return {"nll_sum": nll.sum(1), "tokens": (shift_labels != -100).sum(1)}
 
-    def compute_metrics(self, outputs, split="validation"):
+    def score(self, outputs, encoded):
         loss = float(outputs["nll_sum"].sum() / outputs["tokens"].sum().clamp(min=1))
-        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}, None

@@ -1,4 +1,4 @@
-"""Metrics computed with scikit-learn / scipy (the `evaluate` library needs the hub at run time)."""
+"""Classification and regression metrics with scikit-learn / scipy (the `evaluate` library needs the hub)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ def classification_metrics(preds, labels, names=("accuracy", "f1"), num_labels: 
 
 
 def regression_metrics(preds, labels) -> dict[str, float]:
+    """Pearson and Spearman correlations, in [-1, 1]."""
     preds, labels = np.asarray(preds, dtype=float), np.asarray(labels, dtype=float)
     return {"pearson": float(stats.pearsonr(preds, labels)[0]),
             "spearman": float(stats.spearmanr(preds, labels)[0])}

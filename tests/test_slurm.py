@@ -1,0 +1,123 @@
+"""Sweeps on a real SLURM (issue 12), through the real command line: `python train.py -m hydra/launcher=slurm ...`.
+
+Needs a running SLURM with an idle node: `sudo bash scripts/local_slurm.sh start` sets up a single-node one on
+this machine (.ci/run does). Without one these tests are skipped with the reason; with ROCOFT_REQUIRE_SLURM=1
+(CI) they fail instead. Partition: $ROCOFT_SLURM_PARTITION, else the cluster's default partition.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.slurm
+
+START_HINT = "start one with: sudo bash scripts/local_slurm.sh start"
+
+
+def _slurm_partition():
+    """(partition, None) when a job can be scheduled there now, else (None, why not)."""
+    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
+        return None, f"no SLURM here: `sinfo`/`sbatch` not on PATH ({START_HINT})"
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%P %a %t"], capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        return None, f"no SLURM reachable: `sinfo` did not answer in 20 s ({START_HINT})"
+    if out.returncode != 0:
+        return None, f"no SLURM reachable: `sinfo` failed: {out.stderr.strip()[:300]} ({START_HINT})"
+    rows = [line.split() for line in out.stdout.splitlines() if len(line.split()) == 3]
+    wanted = os.environ.get("ROCOFT_SLURM_PARTITION")
+    if wanted is None:
+        default = [p for p, _, _ in rows if p.endswith("*")]
+        if not default:
+            return None, "SLURM has no default partition: set ROCOFT_SLURM_PARTITION"
+        wanted = default[0]
+    wanted = wanted.rstrip("*")
+    states = [t for p, a, t in rows if p.rstrip("*") == wanted and a == "up"]
+    if not any(t.startswith(("idle", "mix")) for t in states):
+        return None, f"SLURM partition {wanted!r} has no idle node (states: {states or 'none/down'}; {START_HINT})"
+    return wanted, None
+
+
+@pytest.fixture(scope="module")
+def partition():
+    name, why = _slurm_partition()
+    if name is None:
+        if os.environ.get("ROCOFT_REQUIRE_SLURM") == "1":
+            pytest.fail(f"ROCOFT_REQUIRE_SLURM=1 but {why}")
+        pytest.skip(why)
+    return name
+
+
+def slurm_sweep(results, partition, *grid, timeout=600):
+    """`python train.py -m hydra/launcher=slurm ...` as a user types it; cancels its jobs if it hangs."""
+    cmd = [sys.executable, "train.py", "-m", "hydra/launcher=slurm", "model=tiny_encoder", "task=rotten_tomatoes",
+           "data.max_train_samples=64", "data.max_eval_samples=32", "train.max_steps=3", "train.batch_size=16",
+           "device=cpu", f"results_dir={results}", f"hydra.launcher.partition={partition}",
+           "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=10", *grid]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    before = set(submitit_jobs(results))
+    try:
+        return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        new = {j.split("_")[0] for j in set(submitit_jobs(results)) - before}
+        if new:
+            subprocess.run(["scancel", *sorted(new)], timeout=30)
+        raise
+
+
+def submitit_jobs(results):
+    """Submitit's job folders (<results>/.submitit/<jobid>_<task>) of the array tasks so far."""
+    folder = results / ".submitit"
+    return sorted(p.name for p in folder.glob("*_*") if p.is_dir()) if folder.is_dir() else []
+
+
+def job_output(results, jobs):
+    return "".join((results / ".submitit" / j / f"{j}_0_log.out").read_text() for j in jobs
+                   if (results / ".submitit" / j / f"{j}_0_log.out").exists())
+
+
+def test_sweep_runs_as_a_job_array_records_failures_and_skips_complete_points(tmp_path, partition):
+    seeds = "seed=0,1,2,-1"  # seed -1 composes, then fails at run time (numpy rejects negative seeds)
+    t0 = time.time()
+    out = slurm_sweep(tmp_path, partition, seeds)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    first = submitit_jobs(tmp_path)
+    array_ids = {j.split("_")[0] for j in first}
+    assert len(first) == 4 and len(array_ids) == 1, first  # one array job, one task per grid point
+    submission = next((tmp_path / ".submitit").glob("*/*_submission.sh")).read_text()
+    assert re.search(r"#SBATCH --array=0-3", submission), submission
+    assert f"#SBATCH --partition={partition}" in submission and "--gpus-per-node" not in submission
+    assert "--signal=USR2@" in submission  # what submitit sends before the time limit
+    assert sys.executable in submission  # the jobs run this (venv) python
+
+    base = tmp_path / "rotten_tomatoes" / "tiny_encoder" / "rocoft_row_r3"
+    stamps = {}
+    for seed in (0, 1, 2):
+        run = base / f"seed{seed}"
+        status = json.loads((run / "status.json").read_text())
+        assert status["status"] == "complete", (seed, status)
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert 0.0 <= metrics["test"]["accuracy"] <= 1.0
+        stamps[seed] = (run / "metrics.json").stat().st_mtime_ns
+    failed = json.loads((base / "seed-1" / "status.json").read_text())
+    assert failed["status"] == "failed" and failed.get("error"), failed
+    assert not (base / "seed-1" / "metrics.json").exists()
+    print(f"first sweep: {time.time() - t0:.0f} s; seed -1 failed with: {failed['error']}")
+
+    again = slurm_sweep(tmp_path, partition, seeds)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    second = sorted(set(submitit_jobs(tmp_path)) - set(first))
+    assert len(second) == 4, second  # relaunched as a new array ...
+    log = job_output(tmp_path, second)
+    for seed in (0, 1, 2):  # ... whose complete points are skipped, untouched
+        assert f"{base / f'seed{seed}'} is complete: skipping" in log, log[-3000:]
+        assert (base / f"seed{seed}" / "metrics.json").stat().st_mtime_ns == stamps[seed]
+    assert json.loads((base / "seed-1" / "status.json").read_text())["status"] == "failed"
