@@ -64,8 +64,8 @@ def test_save_load_merge_roundtrip(tmp_path, kwargs):
     assert type(merged) is type(pristine)
     assert not any(isinstance(m, RoCoFTLayer) for m in merged.modules())
     assert set(merged.state_dict()) == set(pristine.state_dict())
-    with torch.no_grad():  # merged: one matmul with the fine-tuned weight, unmerged: base + r-sized correction
-        torch.testing.assert_close(merged(input_ids=X).logits, y, rtol=1e-6, atol=1e-6)
+    with torch.no_grad():
+        assert torch.equal(merged(input_ids=X).logits, y)
 
 
 def test_adapter_file_scales_with_trained_parameters(tmp_path):
@@ -101,8 +101,6 @@ def test_two_adapters_swap_in_place(tmp_path):
 
 
 def test_same_rows_as_apply_rocoft():
-    from rocoft import apply_rocoft, rocoft_layers
-
     core = apply_rocoft(tiny_bert(), RoCoFTConfig(axis="row", rank=3, selection="random", seed=7))
     peft_model = get_peft_model(tiny_bert(), RoCoFTConfig(axis="row", rank=3, selection="random", seed=7))
     core_idx = {n: m.slice().index.tolist() for n, m in rocoft_layers(core)}
@@ -176,7 +174,7 @@ def test_low_cpu_mem_usage_loading(tmp_path, kwargs):
         assert torch.equal(other(input_ids=X).logits, y)
 
 
-def test_several_adapters_and_their_limits(tmp_path):
+def test_several_adapters_and_their_limits():
     pristine = tiny_bert()
     model = get_peft_model(copy.deepcopy(pristine), RoCoFTConfig(axis="row", rank=2, init_weights=False))
     model.add_adapter("b", RoCoFTConfig(axis="column", rank=2, seed=3, init_weights=False))
@@ -185,21 +183,23 @@ def test_several_adapters_and_their_limits(tmp_path):
         ya = model(input_ids=X).logits
         model.set_adapter("b")
         yb = model(input_ids=X).logits
-        for layer in (m for m in model.modules() if isinstance(m, RoCoFTLayer)):
-            layer.set_adapter(["default", "b"])  # both active: their changes add up
-            with pytest.raises(ValueError, match="needs an adapter name"):
-                layer.slice()
-        both = model(input_ids=X).logits
-    assert not torch.allclose(both, ya, atol=1e-5) and not torch.allclose(both, yb, atol=1e-5)
-    # dense reference: every layer computes with W0 + (W_a - W0) + (W_b - W0)
-    ref = copy.deepcopy(pristine)
-    with torch.no_grad():
-        for name, layer in ((n.removeprefix("base_model.model."), m) for n, m in model.named_modules()
-                            if isinstance(m, RoCoFTLayer)):
-            w = ref.get_submodule(name).weight
-            w += layer.get_delta_weight("default") + layer.get_delta_weight("b")
-        torch.testing.assert_close(both, ref(input_ids=X).logits, rtol=1e-5, atol=1e-6)
-        assert not torch.equal(both, y0)
+        model.set_adapter("default")
+        assert torch.equal(model(input_ids=X).logits, ya) and not torch.equal(ya, yb)
+        layer = next(m for m in model.modules() if isinstance(m, RoCoFTLayer))
+        assert layer.slice() is layer.rocoft_slices["default"] and layer.slice("b") is layer.rocoft_slices["b"]
+        # the active adapter's values live in the weight: two at once is a clear error, nothing changes
+        with pytest.raises(ValueError, match="one adapter per layer can be active"):
+            layer.set_adapter(["default", "b"])
+        layer.set_adapter("default")
+        assert torch.equal(model(input_ids=X).logits, ya)
+        model.base_model.merge_adapter(["default"])
+        with pytest.raises(ValueError, match="one adapter at a time"):
+            model.base_model.merge_adapter(["b"])
+        model.base_model.unmerge_adapter()
+        model.delete_adapter("default")
+        assert torch.equal(model(input_ids=X).logits, yb)
+        with model.disable_adapter():
+            assert torch.equal(model(input_ids=X).logits, y0)
     # the base layer's bias is shared: only one adapter may train it (peft's rule for LoRA too)
     biased = get_peft_model(copy.deepcopy(pristine), RoCoFTConfig(axis="row", rank=1, bias="rocoft_only"))
     with pytest.raises(ValueError, match="only 1 adapter with bias"):

@@ -87,9 +87,8 @@ def test_frozen_entries_bit_identical_after_steps_with_weight_decay(axis):
         opt.zero_grad()
         ro(torch.randn(5, 10)).pow(2).sum().backward()
         opt.step()
-    assert torch.equal(layer.weight, before)  # the base weight keeps the pretrained values
-    ro.merge()  # writes the trained values into it
-    after = layer.weight.detach().clone()
+    ro(torch.randn(1, 10))  # the next forward writes the updated slice into the weight
+    after = layer.weight.detach()
     dim = 0 if axis == "row" else 1
     frozen = torch.ones(after.shape[dim], dtype=torch.bool)
     frozen[index] = False
@@ -100,8 +99,6 @@ def test_frozen_entries_bit_identical_after_steps_with_weight_decay(axis):
     assert torch.equal(after[trained], ro.slice().weight.detach())
     # only the slice and the bias are in the optimizer: no state of the full matrix
     assert {p.numel() for p in params} == {ro.slice().weight.numel(), 8}
-    ro.unmerge()
-    assert torch.equal(layer.weight, before)
 
 
 def test_half_precision_base_keeps_fp32_master():

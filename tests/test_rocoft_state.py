@@ -1,5 +1,5 @@
 """The trained values stay right through copies, casts, full state dicts, peft unload/delete, shared and
-tied modules, heads, strided weights and in-place edits of activations; several adapters."""
+tied modules, heads, strided weights and in-place edits of activations."""
 
 import copy
 import io
@@ -15,7 +15,6 @@ from rocoft import RoCoFTConfig, RoCoFTLayer, apply_rocoft
 from test_rocoft_layer import rocoft_linear
 
 warnings.filterwarnings("ignore", category=UserWarning)
-EXACT = dict(rtol=1e-5, atol=1e-5)  # the base matmul + the r-sized correction vs one matmul: rounding only
 
 
 def trained_weight(layer: RoCoFTLayer) -> torch.Tensor:
@@ -32,7 +31,7 @@ def stepped_layer(axis="row"):
     x = torch.randn(4, 6)
     for _ in range(2):
         layer(x).pow(2).sum().backward()
-        opt.step()
+        opt.step()  # the base weight is written at the next forward only
         opt.zero_grad()
     return layer, x
 
@@ -49,9 +48,8 @@ def test_copies_taken_between_step_and_forward_use_the_trained_values(how):
         buf = io.BytesIO()
         torch.save(layer, buf)
         clone = torch.load(io.BytesIO(buf.getvalue()), weights_only=False)
-    torch.testing.assert_close(clone(x), expected, **EXACT)
-    torch.testing.assert_close(clone(x), layer(x), rtol=0, atol=0)
-    torch.testing.assert_close(layer(x), expected, **EXACT)
+    torch.testing.assert_close(clone(x), expected, rtol=0, atol=0)
+    torch.testing.assert_close(layer(x), expected, rtol=0, atol=0)
 
 
 def test_half_precision_casts_keep_the_float32_master_and_resync():
@@ -88,8 +86,9 @@ def test_full_state_dict_round_trip_keeps_the_pretrained_values():
     fresh.load_state_dict(state)
     torch.testing.assert_close(fresh(x), layer(x), rtol=0, atol=0)
     assert torch.equal(fresh.slice().index, torch.tensor([0, 3]))
-    assert torch.equal(fresh.slice().gather(fresh.base_layer.weight), pretrained.weight.detach()[[0, 3]])
-    assert torch.equal(fresh.base_layer.weight, pretrained.weight)  # not the trained values
+    assert torch.equal(fresh.slice().origin, pretrained.weight.detach()[[0, 3]])  # not the trained values
+    fresh.slice().restore(fresh.base_layer.weight)
+    assert torch.equal(fresh.base_layer.weight, pretrained.weight)
 
 
 def make_net():
@@ -117,7 +116,7 @@ def test_peft_full_state_dict_unload_and_delete_adapter():
     delta = pm.base_model.model[0].get_delta_weight("default")
     assert delta.abs().sum() > 0
     other = get_peft_model(make_net(), cfg(rank=2))
-    other.load_state_dict(pm.state_dict())  # a full state dict: base weights + the trained values
+    other.load_state_dict(pm.state_dict())  # a full state dict: base weights hold the trained values
     torch.testing.assert_close(other(x), tuned, rtol=0, atol=0)
     torch.testing.assert_close(other.base_model.model[0].get_delta_weight("default"), delta, rtol=0, atol=0)
     with other.disable_adapter():
@@ -201,8 +200,7 @@ def test_entries_of_a_strided_weight():
     torch.testing.assert_close(layer.slice().weight.grad, w.grad.reshape(-1)[[1, 6, 13]])
     with torch.no_grad():
         layer.slice().weight.add_(1.0)
-    torch.testing.assert_close(layer(x), F.linear(x, trained_weight(layer), base.bias))
-    layer.merge()
+    layer(x)
     assert torch.equal(layer.base_layer.weight.reshape(-1)[[1, 6, 13]], layer.slice().weight.detach())
 
 

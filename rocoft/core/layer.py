@@ -1,25 +1,20 @@
-"""The RoCoFT computation: train r rows or r columns of a frozen weight without changing it.
+"""The RoCoFT computation: train r rows or r columns of a frozen weight, in place.
 
-For ``y = x W^T + b`` with W of shape (d_out, d_in), pretrained weight W0 (kept, frozen, never
-written), and only rows R (or columns C) trained, holding values W_R (or W_C):
+For ``y = x W^T + b`` with W of shape (d_out, d_in) and only rows R (or columns C) trained:
 
-* forward, rows:    ``y = x W0^T + b``, then ``y[:, R] += x D_R^T`` with ``D_R = W_R - W0[R, :]``
-  (an N x d_in x r matmul added into r output features);
-* forward, columns: ``y = x W0^T + b + x[:, C] D_C^T`` with ``D_C = W_C - W0[:, C]`` (one rank-r
-  ``addmm`` into y), so y equals ``x W^T + b`` for the fine-tuned W;
-* ``grad_x = grad_y W = grad_y W0 + grad_y[:, R] D_R`` (rows) or ``+ (grad_y D_C)`` scattered into
-  the columns C of grad_x: what a frozen layer computes anyway, plus an r-sized correction;
+* ``grad_x = grad_y W``                         -- exactly what a frozen layer computes anyway;
 * rows:    ``grad_W[R, :] = grad_y[:, R]^T x``  -- an r x d_in matmul, needs x saved;
 * columns: ``grad_W[:, C] = grad_y^T x[:, C]``  -- a d_out x r matmul, needs only x[:, C] saved;
-* entries (the random-entry ablation, each entry trained with probability p): the forward uses
-  ``W = W0`` with the trained entries E written into a per-call copy, and
+* entries (the random-entry ablation, each entry trained with probability p):
   ``grad_W.flat[E] = (grad_y^T x).flat[E]``.
 
-No full weight gradient is kept, the weight is never rebuilt per forward for rows and columns
-(the official code's ``torch.cat``), and the optimizer only ever sees the trained values, which
-live in a :class:`RoCoFTSlice` (an fp32 master copy when the base weight is half precision). The
-base weight always holds the pretrained values, as with every peft tuner: merging writes the
-trained values into it, unmerging restores them.
+No full weight gradient is kept, the weight is never rebuilt per forward (the official code's
+``torch.cat``), and the optimizer only ever sees the trained values. These live in a
+:class:`RoCoFTSlice` (an fp32 master copy when the base weight is half precision) and are
+written into the frozen weight, in place, only when they changed (after an optimizer step or
+a state-dict load), so the forward is a plain ``F.linear``. The consequences of writing into the
+frozen weight (one active adapter per layer, the base weight changes while training) are listed in
+``rocoft.core.peft_tuner``.
 
 The row gradient needs the whole input x, which a frozen layer would not keep. Where the op that
 produced x already keeps what x is made of for its own backward (SwiGLU's ``act(gate) * up`` keeps
@@ -28,7 +23,7 @@ x and rebuilds x in backward with the same op: bit-identical, no memory beyond t
 (``reuse_saved_inputs``; off under torch.compile, under saved-tensor hooks such as activation
 checkpointing, and when x was changed in place after it was made, where x is simply kept).
 Writes through ``.data`` escape autograd's version counters, here as everywhere in torch: edit
-activations through the tensors themselves.
+activations (and trained values) through the tensors themselves.
 """
 
 from __future__ import annotations
@@ -78,82 +73,34 @@ def _rebuild(op: str, parts) -> torch.Tensor:
         return F.gelu(parts[0], approximate=op.split(":", 1)[1])
 
 
-def _gather(w: torch.Tensor, axis: str, index: torch.Tensor) -> torch.Tensor:
-    w = w.detach()
-    if axis == "entry":
-        return w.reshape(-1).index_select(0, index)
-    return w.index_select(0 if axis == "row" else 1, index)
-
-
-@torch.no_grad()
-def _scatter(w: torch.Tensor, axis: str, index: torch.Tensor, values: torch.Tensor) -> None:
-    """Write ``values`` at ``index`` into ``w``, in place."""
-    values = values.to(w.dtype)
-    if axis != "entry":
-        w.index_copy_(0 if axis == "row" else 1, index, values)
-    elif w.is_contiguous():
-        w.view(-1).index_copy_(0, index, values)
-    else:  # a strided weight (e.g. a transposed view) has no flat view
-        w.index_put_((index // w.shape[1], index % w.shape[1]), values)
-
-
-def _entry_weight(weight: torch.Tensor, trained: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """The pretrained weight with the trained entries written into a copy (the entry ablation only)."""
-    w = weight.detach().clone()
-    _scatter(w, "entry", index, trained.detach())
-    return w
-
-
 class _RoCoFTLinearFn(torch.autograd.Function):
-    """``F.linear`` with the fine-tuned weight, whose backward produces grad_x, the trained values' grad and
-    the bias grad only (see the module docstring for every formula)."""
+    """``F.linear`` whose backward produces grad_x, the trained values' grad and the bias grad only."""
 
     @staticmethod
     def forward(ctx, x, trained, weight, bias, index, axis, reuse_saved_inputs=True):
-        # weight: the pretrained weight W0 (never written); trained: the values at index
-        ctx.axis, ctx.x_dtype, ctx.bias_dtype = axis, x.dtype, None if bias is None else bias.dtype
-        if axis == "entry":
-            out = F.linear(x, _entry_weight(weight, trained, index), bias)  # autocast (if enabled) applies here
-            delta = trained.detach()
-        else:
-            out = F.linear(x, weight, bias)
-            dt = out.dtype
-            delta = (trained.detach() - _gather(weight, axis, index).to(trained.dtype)).to(dt)  # D_R or D_C
-            if axis == "row":  # y[:, R] += x D_R^T, computed as (D_R x^T)^T: the skinny side as rows (faster BLAS)
-                x2 = x.reshape(-1, x.shape[-1]).to(dt)
-                out.view(-1, out.shape[-1]).index_add_(1, index, delta.mm(x2.t()).t())
-            else:  # y += x[:, C] D_C^T
-                xc = x.index_select(-1, index).to(dt)
-                out.view(-1, out.shape[-1]).addmm_(xc.reshape(-1, xc.shape[-1]), delta.t())
-        ctx.compute_dtype = out.dtype
+        # ``trained`` is only an autograd handle: its values already live inside ``weight``.
+        out = F.linear(x, weight, bias)  # autocast (if enabled) applies here as usual
+        ctx.axis, ctx.compute_dtype = axis, out.dtype
+        ctx.x_dtype, ctx.bias_dtype = x.dtype, None if bias is None else bias.dtype
         ctx.rebuild, parts = None, (None,)
         if ctx.needs_input_grad[1]:
             recipe = _rebuild_recipe(x) if axis == "row" and reuse_saved_inputs else None
             if recipe is not None:
                 ctx.rebuild, parts = recipe
             else:  # columns: only the r selected features
-                parts = (xc if axis == "column" else x.to(out.dtype),)
-        ctx.save_for_backward(index, weight, delta, *parts)  # autograd flags any in-place change before backward
+                parts = ((x.index_select(-1, index) if axis == "column" else x).to(out.dtype),)
+        ctx.save_for_backward(index, weight, *parts)  # autograd flags any in-place change before backward
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        index, weight, delta, *parts = ctx.saved_tensors
-        cd = ctx.compute_dtype
-        saved = parts[0] if ctx.rebuild is None else _rebuild(ctx.rebuild, parts).to(cd)
-        g = grad_out.to(cd)
+        index, weight, *parts = ctx.saved_tensors
+        saved = parts[0] if ctx.rebuild is None else _rebuild(ctx.rebuild, parts).to(ctx.compute_dtype)
+        g = grad_out.to(ctx.compute_dtype)
         g2 = g.reshape(-1, g.shape[-1])  # (N, d_out)
         grad_x = grad_trained = grad_bias = None
         if ctx.needs_input_grad[0]:
-            if ctx.axis == "entry":
-                grad_x = g2.mm(_entry_weight(weight, delta, index).to(cd))
-            else:
-                grad_x = g2.mm(weight.to(cd))  # grad_y W0, as a frozen layer
-                if ctx.axis == "row":  # + grad_y[:, R] D_R
-                    grad_x.addmm_(g2.index_select(1, index), delta)
-                else:  # + grad_y D_C into the columns C, as (D_C^T grad_y^T)^T
-                    grad_x.index_add_(1, index, delta.t().mm(g2.t()).t())
-            grad_x = grad_x.view(*g.shape[:-1], weight.shape[1]).to(ctx.x_dtype)
+            grad_x = g2.mm(weight.to(ctx.compute_dtype)).view(*g.shape[:-1], weight.shape[1]).to(ctx.x_dtype)
         if ctx.needs_input_grad[1]:
             x2 = saved.reshape(-1, saved.shape[-1])
             if ctx.axis == "row":  # (r, N) @ (N, d_in)
@@ -173,7 +120,8 @@ class RoCoFTSlice(nn.Module):
     Attributes:
         weight: the trained values: (r, d_in) rows, (d_out, r) columns, or (n,) entries.
         index: sorted long tensor of row / column indices, or flat entry indices (``i * d_in + j``).
-        origin: while merged, the values the merge overwrote in the base weight (restored by unmerge).
+        origin: the pretrained values at ``index`` (not saved: read from the pretrained base the
+            slice was built on), used to restore the base weight (unmerge, adapter swap, unload).
         reuse_saved_inputs: rows only: rebuild the input in backward from what its producer saved
             (see the module docstring) instead of keeping it.
     """
@@ -188,8 +136,13 @@ class RoCoFTSlice(nn.Module):
             raise ValueError(f"RoCoFT needs 1..{size} distinct {axis} indices in [0, {size}), got {index.tolist()}")
         self.axis, self.reuse_saved_inputs = axis, bool(reuse_saved_inputs)
         self.register_buffer("index", index.to(base_weight.device))
-        self.origin: torch.Tensor | None = None
-        self.weight = nn.Parameter(self.gather(base_weight).to(dtype or base_weight.dtype, copy=True))
+        self.register_buffer("origin", self.gather(base_weight).clone(), persistent=False)
+        self.weight = nn.Parameter(self.origin.to(dtype or base_weight.dtype, copy=True))
+        self._synced_version = None
+
+    def __setstate__(self, state):  # a deepcopy / unpickled copy starts new version counters: write again
+        super().__setstate__(state)
+        self._synced_version = None
 
     def _apply(self, fn, recurse=True):
         """Moves and casts (``model.to``, ``.half()``, ``.cuda()``) move the trained values but never lower
@@ -198,6 +151,7 @@ class RoCoFTSlice(nn.Module):
         super()._apply(fn, recurse)
         if self.weight.dtype != master.dtype and torch.finfo(self.weight.dtype).bits < torch.finfo(master.dtype).bits:
             self.weight.data = master.to(self.weight.device)
+        self._synced_version = None
         return self
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -209,21 +163,51 @@ class RoCoFTSlice(nn.Module):
             self.index = torch.empty(index.shape, dtype=torch.long, device=self.index.device)
             self.weight = nn.Parameter(self.weight.new_empty(shape), requires_grad=self.weight.requires_grad)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._synced_version = None
 
     @property
     def rank(self) -> int:
         return self.index.numel()
 
-    def gather(self, w: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
-        return _gather(w, self.axis, self.index if index is None else index.to(w.device))
+    @property
+    def ready(self) -> bool:
+        """False while the trained values are placeholders on the meta device (peft's ``low_cpu_mem_usage``
+        loading creates them there): nothing is written into the weight until real values are loaded."""
+        return not self.weight.is_meta
 
+    def gather(self, w: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        w, index = w.detach(), self.index if index is None else index.to(w.device)
+        if self.axis == "entry":
+            return w.reshape(-1).index_select(0, index)
+        return w.index_select(0 if self.axis == "row" else 1, index)
+
+    @torch.no_grad()
     def scatter(self, w: torch.Tensor, values: torch.Tensor) -> None:
         """Write ``values`` at ``index`` into ``w``, in place."""
-        _scatter(w, self.axis, self.index, values)
+        values = values.to(w.dtype)
+        if self.axis != "entry":
+            w.index_copy_(0 if self.axis == "row" else 1, self.index, values)
+        elif w.is_contiguous():
+            w.view(-1).index_copy_(0, self.index, values)
+        else:  # a strided weight (e.g. a transposed view) has no flat view
+            w.index_put_((self.index // w.shape[1], self.index % w.shape[1]), values)
 
-    def delta(self, base_weight: torch.Tensor) -> torch.Tensor:
-        """The trained values minus the pretrained ones (``D`` of the module docstring)."""
-        return self.weight - self.gather(base_weight).to(self.weight.dtype)
+    def sync(self, w: torch.Tensor, force: bool = False) -> None:
+        """Write the trained values into ``w`` if they changed since the last write."""
+        if self.ready and (force or self.weight._version != self._synced_version):
+            self.scatter(w, self.weight)
+            self._synced_version = self.weight._version
+
+    def restore(self, w: torch.Tensor) -> None:
+        """Put the pretrained values back into ``w``; the next ``sync`` writes the trained ones again."""
+        self.scatter(w, self.origin)
+        self._synced_version = None
+
+    @torch.no_grad()
+    def reset_origin(self, w: torch.Tensor, origin: torch.Tensor | None = None) -> None:
+        """Re-read the pretrained values (after ``index`` was loaded) from a pristine ``w``, or take ``origin``."""
+        self.origin = (self.gather(w) if origin is None else origin).clone()
+        self._synced_version = None
 
     @torch.no_grad()
     def perturb(self, generator: torch.Generator) -> None:
@@ -232,19 +216,20 @@ class RoCoFTSlice(nn.Module):
         self.weight.add_(noise * self.weight.float().std().clamp_min(1e-2).to(self.weight.dtype))
 
     def linear(self, x: torch.Tensor, base: nn.Linear) -> torch.Tensor:
-        """``base(x)`` computed with this slice's values in place of the pretrained ones."""
+        """``base(x)`` with this slice's values written into its weight (they must be there: see ``sync``)."""
         return _RoCoFTLinearFn.apply(x, self.weight, base.weight, base.bias, self.index, self.axis,
                                      self.reuse_saved_inputs)
 
-    def add_correction(self, y: torch.Tensor, x: torch.Tensor, base_weight: torch.Tensor) -> torch.Tensor:
-        """``y`` plus this slice's change of the output (plain autograd: the several-active-adapters path)."""
-        d = self.delta(base_weight).to(y.dtype)
-        if self.axis == "row":
-            return y.index_add(-1, self.index, F.linear(x.to(y.dtype), d))
-        if self.axis == "column":
-            return y + F.linear(x.index_select(-1, self.index).to(y.dtype), d)
-        dense = torch.zeros(base_weight.numel(), dtype=y.dtype, device=y.device).index_add(0, self.index, d)
-        return y + F.linear(x.to(y.dtype), dense.view(base_weight.shape))
-
     def extra_repr(self) -> str:
         return f"axis={self.axis}, n={self.rank}, dtype={self.weight.dtype}"
+
+
+def origin_for_load(rocoft_slice: RoCoFTSlice, w: torch.Tensor, state_dict: dict, base_key: str, slice_prefix: str):
+    """Before ``load_state_dict`` (with the pretrained values back in ``w``): a state dict carrying both the
+    base weight (``base_key``) and this slice holds the *trained* values at the slice's indices inside that
+    base weight, so the pretrained values are read now, from ``w``. Otherwise None: they are read after
+    the load, from the loaded base weight (an adapter loaded onto a fresh base, or a new base)."""
+    if base_key not in state_dict or slice_prefix + "weight" not in state_dict:
+        return None
+    index = torch.as_tensor(state_dict.get(slice_prefix + "index", rocoft_slice.index), dtype=torch.long)
+    return rocoft_slice.gather(w, index)

@@ -9,10 +9,20 @@ Importing ``rocoft`` registers it, after which the usual peft workflow applies::
     merged = model.merge_and_unload()             # a plain transformers model
 
 ``rocoft.apply_rocoft`` injects the same layers through the same tuner (without the PeftModel
-wrapper). A layer holds one :class:`RoCoFTSlice` per adapter; the base weight keeps the pretrained
-values, so adapters can be added, switched, disabled, deleted and combined (several active
-adapters add their changes) as with any peft tuner. Merging writes the trained values into the
-base weight; unmerging restores the values it overwrote.
+wrapper). A layer holds one :class:`RoCoFTSlice` per adapter and writes the *active* adapter's values
+into the frozen base weight, so that the forward is a plain ``F.linear`` (the design measured
+fastest; see the README). What follows from writing into the weight, where peft's other tuners
+differ:
+
+* one adapter per layer is active at a time (``set_adapter([a, b])`` raises); switching, disabling,
+  deleting and unloading first restore the pretrained values;
+* merging takes one adapter at a time (its values replace weight entries; they do not add up);
+* the base layer's ``weight`` changes while training (the optimizer updates the slice; the next
+  forward writes it into the weight), so a full ``state_dict()`` holds the fine-tuned weight; the
+  pretrained values are kept in each slice's ``origin`` and survive full state-dict round trips;
+* the weight must be a plain, whole tensor on each process: DDP works, FSDP / DeepSpeed ZeRO-3
+  sharding of the targeted weights does not;
+* a weight shared with another module (tied embeddings) is refused.
 """
 
 from __future__ import annotations
@@ -25,14 +35,14 @@ from peft.utils.peft_types import register_peft_method
 from torch import nn
 
 from .config import RoCoFTConfig, _ensure_peft_type
-from .layer import RoCoFTSlice
+from .layer import RoCoFTSlice, origin_for_load
 from .selection import SCORED, choose_index, layer_generator
 from .targets import (FAMILY_TARGETS, check_untied, is_target, replace_everywhere, target_patterns,
                       tied_modules)
 
 
 class RoCoFTLayer(nn.Module, BaseTunerLayer):
-    """A linear layer with one or more RoCoFT adapters (``rocoft_slices[adapter_name]``) over a frozen base."""
+    """A linear layer with one or more RoCoFT adapters; the active one lives inside ``base_layer.weight``."""
 
     adapter_layer_names = ("rocoft_slices",)
     other_param_names = ()
@@ -47,89 +57,119 @@ class RoCoFTLayer(nn.Module, BaseTunerLayer):
         self._disable_adapters = False
         self.merged_adapters: list[str] = []
         self._active_adapter = adapter_name
+        self._written: str | None = None  # the adapter whose values are in base_layer.weight now
         self.kwargs = {}
         self.in_features, self.out_features = base_layer.in_features, base_layer.out_features
+        self._register_load_state_dict_pre_hook(_restore_before_load, with_module=True)
+        self.register_load_state_dict_post_hook(_reset_after_load)
         self.update_layer(adapter_name, index, config, generator)
 
     def update_layer(self, adapter_name: str, index: torch.Tensor, config: RoCoFTConfig,
                      generator: torch.Generator | None = None) -> None:
+        self.write(None)  # a new adapter reads pristine pretrained values
         dtype = getattr(torch, config.master_dtype) if config.master_dtype else None
         s = RoCoFTSlice(self.base_layer.weight, config.axis, index, dtype, config.reuse_saved_inputs)
-        if not config.init_weights and s.weight.device.type != "meta":
+        if not config.init_weights and s.ready:
             s.perturb(generator if generator is not None else torch.Generator().manual_seed(config.seed))
         self.rocoft_slices[adapter_name] = s
         self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
 
     def slice(self, adapter_name: str | None = None) -> RoCoFTSlice:
-        """The trained values of ``adapter_name`` (None: the active adapter, which must be one)."""
-        if adapter_name is None:
-            active = [a for a in self.active_adapters if a in self.rocoft_slices]
-            if len(active) != 1:
-                raise ValueError(f"RoCoFTLayer.slice() needs an adapter name: active adapters here are {active}")
-            adapter_name = active[0]
-        return self.rocoft_slices[adapter_name]
+        """The trained values of ``adapter_name`` (None: the active adapter)."""
+        return self.rocoft_slices[adapter_name or self._single_active()]
+
+    def set_adapter(self, adapter_names, inference_mode: bool = False) -> None:
+        super().set_adapter(adapter_names, inference_mode=inference_mode)
+        self.write(self._single_active())
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        if adapter_name in self.merged_adapters:
+            self.unmerge()
+        if self._written == adapter_name:
+            self.write(None)  # its values leave the weight with it
+        super().delete_adapter(adapter_name)
+        self.write(self._single_active())
+
+    def write(self, adapter_name: str | None, force: bool = False) -> None:
+        """Make ``base_layer.weight`` hold ``adapter_name``'s values (None: the pretrained ones)."""
+        w = self.base_layer.weight
+        if self._written != adapter_name or force:
+            if self._written is not None and self._written in self.rocoft_slices:
+                self.rocoft_slices[self._written].restore(w)
+            self._written = None
+            if adapter_name is not None and self.rocoft_slices[adapter_name].ready:
+                self.rocoft_slices[adapter_name].sync(w, force=True)
+                self._written = adapter_name
+        elif adapter_name is not None:
+            self.rocoft_slices[adapter_name].sync(w)
+
+    def _single_active(self) -> str | None:
+        active = [a for a in self.active_adapters if a in self.rocoft_slices]
+        if len(active) > 1:
+            raise ValueError(f"RoCoFT writes the trained values into the frozen weight, so one adapter per layer can "
+                             f"be active at a time, got {active}: activate one (set_adapter(name)), or merge them "
+                             f"one after the other into copies of the model.")
+        return active[0] if active else None
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if self.disable_adapters:
             if self.merged:
                 self.unmerge()
+            self.write(None)
             return self.base_layer(x, *args, **kwargs)
         if self.merged:
             return self.base_layer(x, *args, **kwargs)
-        active = [a for a in self.active_adapters if a in self.rocoft_slices]
-        if len(active) == 1:
-            return self.rocoft_slices[active[0]].linear(x, self.base_layer)
-        y = self.base_layer(x, *args, **kwargs)
-        for name in active:  # several active adapters: their changes add up, as LoRA's do
-            y = self.rocoft_slices[name].add_correction(y, x, self.base_layer.weight)
-        return y
+        adapter = self._single_active()
+        self.write(adapter)
+        if adapter is None:
+            return self.base_layer(x, *args, **kwargs)
+        return self.rocoft_slices[adapter].linear(x, self.base_layer)
 
-    def _pristine_weight(self) -> torch.Tensor:
-        """The base weight without any merged adapter (a copy when some are merged)."""
-        w = self.base_layer.weight.detach()
-        if not self.merged_adapters:
-            return w
-        w = w.clone()
-        for name in reversed(self.merged_adapters):
-            s = self.rocoft_slices[name]
-            s.scatter(w, s.origin)
-        return w
-
-    @torch.no_grad()
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
-        """Write the trained values into the base weight (after another merged adapter: add the change)."""
-        w = self.base_layer.weight
-        for name in check_adapters_to_merge(self, adapter_names):
-            if name not in self.rocoft_slices:
-                continue
-            s = self.rocoft_slices[name]
-            current = s.gather(w)
-            if self.merged_adapters:  # the change of this adapter on top of those already merged
-                new = current.to(s.weight.dtype) + s.delta(self._pristine_weight())
-            else:  # the trained values themselves, exactly
-                new = s.weight.detach()
-            if safe_merge and not torch.isfinite(new).all():
-                raise ValueError(f"NaNs or infs in the merged weights of adapter {name!r}")
-            s.origin = current.clone()
-            s.scatter(w, new)
-            self.merged_adapters.append(name)
+        adapter_names = [a for a in check_adapters_to_merge(self, adapter_names) if a in self.rocoft_slices]
+        if not adapter_names:
+            return
+        if len(adapter_names) > 1 or self.merged_adapters:
+            raise ValueError(f"RoCoFT merges one adapter at a time (its values replace weight entries in place): "
+                             f"got {adapter_names} with {self.merged_adapters} merged already; unmerge first.")
+        name = adapter_names[0]
+        self.write(name, force=True)
+        if safe_merge and not torch.isfinite(self.base_layer.weight).all():
+            self.write(None)
+            raise ValueError(f"NaNs or infs in the merged weights of adapter {name!r}")
+        self.merged_adapters.append(name)
 
-    @torch.no_grad()
     def unmerge(self) -> None:
-        while self.merged_adapters:
-            s = self.rocoft_slices[self.merged_adapters.pop()]
-            s.scatter(self.base_layer.weight, s.origin)
-            s.origin = None
+        if self.merged_adapters:
+            self.merged_adapters.pop()
+            self.write(None)
 
     def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
         """The dense update ``W_finetuned - W_pretrained`` of one adapter (zero outside its rows/columns)."""
         s = self.rocoft_slices[adapter_name]
         delta = torch.zeros_like(self.base_layer.weight, dtype=s.weight.dtype)
-        s.scatter(delta, s.delta(self._pristine_weight()).detach())
+        s.scatter(delta, s.weight.detach() - s.origin.to(s.weight.dtype))
         return delta
 
     def __repr__(self) -> str:
         return "rocoft." + super().__repr__()
+
+
+def _restore_before_load(module: RoCoFTLayer, state_dict, prefix, *args, **kwargs):
+    module.write(None)
+    w = module.base_layer.weight
+    module._pending_origins = {name: origin_for_load(s, w, state_dict, prefix + "base_layer.weight",
+                                                     f"{prefix}rocoft_slices.{name}.")
+                               for name, s in module.rocoft_slices.items()}
+
+
+def _reset_after_load(module: RoCoFTLayer, incompatible_keys):
+    pending = getattr(module, "_pending_origins", None) or {}
+    for name, s in module.rocoft_slices.items():
+        s.reset_origin(module.base_layer.weight, pending.get(name))
+    module._pending_origins = None
+    if not module.disable_adapters:
+        module.write(module._single_active())  # the weight holds the active adapter's values, as before the load
 
 
 class RoCoFTModel(BaseTuner):
@@ -180,7 +220,8 @@ class RoCoFTModel(BaseTuner):
         if not merge:  # the base layers leave holding their pretrained weights
             for module in self.model.modules():
                 if isinstance(module, RoCoFTLayer):
-                    module.unmerge()
+                    module.merged_adapters.clear()
+                    module.write(None)
         return super()._unload_and_optionally_merge(merge, *args, **kwargs)
 
 
