@@ -10,10 +10,11 @@ Sources (``model.source``):
     dequantised once and saved as a plain transformers folder under ``model.cache_dir``, which
     later runs load directly.
 ``model.path`` (a local folder in transformers format) overrides any source. Every model config sets
-``name``, ``family``, ``source``, ``hub_id``, ``path``, ``dtype``, ``target_modules`` and ``head_modules``;
-the optional keys are source-specific: ``config`` (random), ``package`` / ``pip_name`` (package, gguf),
-``gguf_file`` / ``cache_dir`` (gguf), ``tokenizer`` (a tokenizer from elsewhere, e.g. ``package:<module>``)
-and ``load_kwargs`` (extra ``from_pretrained`` arguments).
+``name``, ``label``, ``family``, ``source``, ``hub_id``, ``path``, ``tokenizer`` (null: the model's own;
+or a tokenizer from elsewhere, e.g. ``package:<module>``), ``dtype``, ``load_kwargs`` (extra
+``from_pretrained`` arguments), ``target_modules`` and ``head_modules``; the other keys are
+source-specific: ``config`` (random), ``package`` / ``pip_name`` (package, gguf), ``gguf_file`` /
+``cache_dir`` (gguf).
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ def _dtype(name):
 
 
 def load_tokenizer(model_cfg):
-    source = model_cfg.get("tokenizer") or resolve_path(model_cfg) or model_cfg.hub_id
+    source = model_cfg.tokenizer or resolve_path(model_cfg) or model_cfg.hub_id
     if isinstance(source, str) and source.startswith("package:"):
         source = str(importlib.import_module(source.split(":", 1)[1]).get_model_path())
     try:
@@ -157,7 +158,7 @@ def build_model(model_cfg, kind: str, num_labels: int | None = None, tokenizer=N
         try:
             if dropout is not None:
                 extra.update(dropout_overrides(transformers.AutoConfig.from_pretrained(source), dropout))
-            model = auto.from_pretrained(source, dtype=dtype, **extra, **_plain(model_cfg.get("load_kwargs")))
+            model = auto.from_pretrained(source, dtype=dtype, **extra, **_plain(model_cfg.load_kwargs))
         except OSError as e:
             raise UserError(_offline_message(model_cfg, e)) from None
     if tokenizer is not None and model.config.pad_token_id is None:

@@ -222,7 +222,7 @@ def resume(cfg, trainee: Trainee, checkpointer: Checkpointer, accelerator) -> Re
     if resumed is not None:
         if resumed.method_state is not None:
             trainee.method.load_extra_state(unwrapped, resumed.method_state)
-        print(f"Resuming from {resumed.path} (step {resumed.position.step})")
+        accelerator.print(f"Resuming from {resumed.path} (step {resumed.position.step})")  # main process only
     return resumed
 
 

@@ -24,7 +24,10 @@ def test_groups_have_the_required_options():
 def test_every_option_composes_and_resolves(group, option):
     cfg = compose_config([f"{group}={option}", "rank=2", "seed=5"])
     plain = OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
-    pinned = "defaults:" in (CONF / group / f"{option}.yaml").read_text()  # e.g. method=rocoft_row_r1
+    # an option that inherits another option of its group, e.g. method=rocoft_row_r1 (task YAMLs only merge
+    # shared, non-option parts such as task/_shared/commonsense_pool)
+    inherited = OmegaConf.load(CONF / group / f"{option}.yaml").get("defaults") or []
+    pinned = any(isinstance(d, str) and d.split("@")[0] in options(group) for d in inherited)
     if pinned:
         assert plain[group]["tag"] == option and f"/{option}/" in plain["output_dir"]
         return
@@ -35,9 +38,12 @@ def test_every_option_composes_and_resolves(group, option):
         assert plain["model"]["family"] and plain["model"]["target_modules"]
         assert plain["model"]["dtype"] in ("float32", "bfloat16", "float16")
     if group == "task":
-        from rocoft.tasks import TASKS
+        from hydra.utils import get_class
 
-        assert plain["task"]["kind"] in TASKS
+        from rocoft.tasks import KINDS, Task
+
+        assert plain["task"]["kind"] in KINDS
+        assert issubclass(get_class(plain["task"]["_target_"]), Task)  # the one way to the class
         assert plain["task"]["split"]["seed"] is not None
     if group == "method":
         from hydra.utils import get_class
@@ -50,6 +56,30 @@ def test_every_option_composes_and_resolves(group, option):
             assert plain["method"]["rank"] == 2 and "_r2" in plain["output_dir"]
         if plain["method"]["_target_"].endswith(".RoCoFTMethod") and plain["method"]["axis"] == "entry":
             assert 0 < plain["method"]["p"] <= 1 and f"_p{plain['method']['p']}" in plain["output_dir"]
+
+
+COMMONSENSE = ("boolq", "piqa", "siqa", "hellaswag", "winogrande", "arc_e", "arc_c", "obqa")
+
+
+def test_commonsense_pool_label_words_are_defined_once_and_are_not_a_task():
+    pool = list(OmegaConf.load(CONF / "task" / "_shared" / "commonsense_pool.yaml").pool_label_words)
+    assert len(pool) == 15 and not any(o.startswith("_") for o in options("task"))
+    for task in (*COMMONSENSE, "commonsense_170k"):
+        assert "pool_label_words" not in OmegaConf.load(CONF / "task" / f"{task}.yaml")  # only in the shared file
+        plain = OmegaConf.to_container(compose_config([f"task={task}"]).task, resolve=True)
+        assert plain["pool_label_words"] == pool and plain["name"] == task
+    assert OmegaConf.to_container(compose_config(["task=commonsense_170k"]).task, resolve=True)["label_words"] == pool
+    assert compose_config(["task=boolq", "task.label_words=[yes,no]"]).task.label_words == ["yes", "no"]
+
+
+def test_a_task_config_without_target_is_one_clear_error():
+    from rocoft.errors import UserError
+    from rocoft.tasks import build_task
+
+    cfg = OmegaConf.to_container(compose_config(["task=cola"]).task, resolve=True)
+    del cfg["_target_"]
+    with pytest.raises(UserError, match="no _target_.*_target_: rocoft.tasks"):
+        build_task(cfg)
 
 
 def test_top_level_keys_a_user_expects():

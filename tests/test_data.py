@@ -45,8 +45,15 @@ def test_data_files_override_and_carving(tmp_path):
 def test_missing_column_and_bad_labels_are_clear(tmp_path):
     tok = load_tokenizer(compose_config(["model=tiny_encoder"]).model)
     task = build_task(compose_config().task)
-    with pytest.raises(UserError, match="lacks column"):
-        task.encode(pd.DataFrame({"sentence": ["a"], "label": [0]}), tok, 16)
+    # columns are checked once, by the loader (encode trusts its input): every split, the label column too
+    no_text = write_csv(tmp_path / "no_text.csv", [{"sentence": "a", "label": 0}] * 4)
+    with pytest.raises(UserError, match=r"train split .* lacks column\(s\) \['text'\].*task.text_fields"):
+        build_task(compose_config([f"++task.data_files.train={no_text}"]).task).load()
+    rows = [{"text": f"t{i}", "label": i % 2} for i in range(20)]
+    no_label = write_csv(tmp_path / "no_label.csv", [{"text": "a"}] * 4)
+    with pytest.raises(UserError, match=r"test split .* lacks column\(s\) \['label'\]"):
+        build_task(compose_config([f"++task.data_files.train={write_csv(tmp_path / 'ok.csv', rows)}",
+                                   f"++task.data_files.test={no_label}"]).task).load()
     with pytest.raises(UserError, match="outside the label set"):
         task.encode(pd.DataFrame({"text": ["a", "b"], "label": [0, 2]}), tok, 16)
     with pytest.raises(UserError, match="outside the label set"):

@@ -110,3 +110,17 @@ def test_method_configs_are_constructor_arguments():
         build_method({**lora, "peft_type": "LORAX"}, cfg.model, "classification", seed=0)
     rows = compose_config(["model=tiny_encoder", "method=rocoft_random"])
     assert build_method(rows.method, rows.model, "classification", seed=0).rank is None  # entries: p, not a rank
+
+
+def test_rocoft_targets_come_from_method_then_model_config():
+    """method.target_modules wins, else model.target_modules; both reach the RoCoFT config and the injection."""
+    cfg = compose_config(["model=tiny_encoder", "method=rocoft_row", "rank=1"])
+    method = build_method(cfg.method, cfg.model, "classification", seed=0)
+    assert method.config().target_modules == list(cfg.model.target_modules)
+    only_query = compose_config(["model=tiny_encoder", "method=rocoft_row", "rank=1",
+                                 "method.target_modules=[query]"])
+    method = build_method(only_query.method, only_query.model, "classification", seed=0)
+    assert method.config().target_modules == ["query"]
+    model, _ = fresh("tiny_encoder", "classification")
+    adapted = {n.rsplit(".", 1)[-1] for n, _ in rocoft_layers(method.apply(model))}
+    assert adapted == {"query"}

@@ -101,7 +101,8 @@ def model_config(shape: Shape, dtype: str):
     a bf16 LLaMA-2-7B never exists in float32 on the device)."""
     config = {k: v for k, v in shape.config.items() if k != "num_labels"}
     return OmegaConf.create({"name": shape.name, "family": shape.model_type, "source": "random", "hub_id": None,
-                             "path": None, "dtype": dtype, "config": {**config, "dtype": dtype},
+                             "path": None, "tokenizer": None, "dtype": dtype, "load_kwargs": {},
+                             "config": {**config, "dtype": dtype},
                              "target_modules": None, "head_modules": None})  # the variants pick the targets
 
 

@@ -73,7 +73,7 @@ def _rebuild(op: str, parts) -> torch.Tensor:
         return F.gelu(parts[0], approximate=op.split(":", 1)[1])
 
 
-class _RoCoFTLinearFn(torch.autograd.Function):
+class _SliceLinearFn(torch.autograd.Function):
     """``F.linear`` whose backward produces grad_x, the trained values' grad and the bias grad only."""
 
     @staticmethod
@@ -217,7 +217,7 @@ class RoCoFTSlice(nn.Module):
 
     def linear(self, x: torch.Tensor, base: nn.Linear) -> torch.Tensor:
         """``base(x)`` with this slice's values written into its weight (they must be there: see ``sync``)."""
-        return _RoCoFTLinearFn.apply(x, self.weight, base.weight, base.bias, self.index, self.axis,
+        return _SliceLinearFn.apply(x, self.weight, base.weight, base.bias, self.index, self.axis,
                                      self.reuse_saved_inputs)
 
     def extra_repr(self) -> str:

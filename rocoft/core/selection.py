@@ -46,7 +46,8 @@ def select_indices(size: int, rank: int, strategy: str = "first", *, generator=N
         idx = torch.randperm(size, generator=generator)[:rank]
     else:
         if scores is None or scores.numel() != size:
-            raise ValueError(f"Selection {strategy!r} needs {size} calibration scores (see rocoft.calibrate)")
+            raise ValueError(f"Selection {strategy!r} needs {size} calibration scores "
+                             "(give apply_rocoft calibration_batches=...)")
         order = torch.sort(scores.detach().cpu().double(), descending=True, stable=True).indices
         if strategy == "max":
             idx = order[:rank]

@@ -34,7 +34,7 @@ def default_targets(model_type: str) -> list[str]:
 
 
 def name_matches(name: str, patterns) -> bool:
-    """True if module ``name`` matches ``patterns``, as peft matches LoRA's ``target_modules``.
+    r"""True if module ``name`` matches ``patterns``, as peft matches LoRA's ``target_modules``.
 
     A string is a regular expression that must match the whole name (``"lin0"``,
     ``r".*\.(query|value)"``). In a list, a pattern matches the whole dotted name or a dotted suffix

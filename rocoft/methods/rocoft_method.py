@@ -22,8 +22,11 @@ class RoCoFTMethod(Method):
         super().__init__(name, rank=None if axis == "entry" else rank, **context)
         self.calibration_batches = calibration_batches
         targets = self.model_cfg.target_modules if target_modules is None else target_modules
+        if targets is not None and not isinstance(targets, str):
+            targets = list(targets)
         self._config = dict(axis=axis, p=p, bias=bias, selection=selection, seed=self.seed,
-                            **({} if axis == "entry" else {"rank": rank}),  # entries: p, not a rank target_modules=targets if isinstance(targets, str) else list(targets),
+                            **({} if axis == "entry" else {"rank": rank}),  # entries: p, not a rank
+                            target_modules=targets,  # None: the family's default targets (rocoft.core.targets)
                             modules_to_save=self.heads or None, master_dtype=master_dtype,
                             reuse_saved_inputs=reuse_saved_inputs)
         self.config()  # a bad setting fails now, with the method's name

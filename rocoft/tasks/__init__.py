@@ -20,32 +20,30 @@ from hydra.utils import get_class
 from omegaconf import OmegaConf
 
 from ..errors import UserError
-from .base import Encoded, Task
+from .base import Encoded, Splits, Task
 
-TASKS = {
-    "classification": "rocoft.tasks.classification.ClassificationTask",
-    "causal_lm": "rocoft.tasks.causal_lm.CausalLMTask",
-    "question_answering": "rocoft.tasks.qa.QATask",
-    "summarization": "rocoft.tasks.summarization.SummarizationTask",
-    "instruction": "rocoft.tasks.llm_adapters.InstructionTask",
-}
+# The task families a task YAML's ``kind`` names (the table above): reports group runs by it. The class is
+# the YAML's ``_target_``, the one way to find it.
+KINDS = ("classification", "causal_lm", "question_answering", "summarization", "instruction")
 # Keys of a task YAML that are protocol settings read by the run's config (conf/config.yaml: hparams,
 # lr, seq_len; the RoCoFT method configs: rocoft) and by reports (kind: the task family), not by the task.
 PROTOCOL_KEYS = ("kind", "hparams", "lr", "rocoft", "seq_len")
 
 
-def task_class(kind: str) -> type[Task]:
-    if kind not in TASKS:
-        raise UserError(f"Unknown task.kind {kind!r}; known kinds: {sorted(TASKS)}")
-    return get_class(TASKS[kind])
-
-
 def build_task(cfg) -> Task:
-    """The task of a config (``cfg.task``): the class in ``_target_`` (else the one of ``kind``) called with the
-    remaining keys as keyword arguments, the protocol keys left out (``PROTOCOL_KEYS``)."""
+    """The task of a config (``cfg.task``): the class in ``_target_`` called with the remaining keys as
+    keyword arguments, the protocol keys left out (``PROTOCOL_KEYS``)."""
     values = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
     target = values.pop("_target_", None)
-    cls = get_class(target) if target else task_class(values.get("kind"))
+    if not target:
+        raise UserError(f"Task config {values.get('name')!r} has no _target_: name the task class in it, e.g. "
+                        f"_target_: rocoft.tasks.classification.ClassificationTask (the classes: rocoft/tasks/).")
+    try:
+        cls = get_class(target)
+    except Exception as e:  # noqa: BLE001 - hydra wraps import errors in several types
+        raise UserError(f"Task config {values.get('name')!r}: _target_ {target!r} is not a class ({e}).") from None
+    if not (isinstance(cls, type) and issubclass(cls, Task)):
+        raise UserError(f"Task config {values.get('name')!r}: _target_ {target!r} is not a rocoft.tasks.Task.")
     kwargs = {k: v for k, v in values.items() if k not in PROTOCOL_KEYS}
     accepted = {name for c in cls.__mro__ if issubclass(c, Task) and "__init__" in c.__dict__
                 for name in inspect.signature(c.__init__).parameters} - {"self", "common"}
@@ -57,4 +55,4 @@ def build_task(cfg) -> Task:
     return cls(**kwargs)
 
 
-__all__ = ["PROTOCOL_KEYS", "TASKS", "Encoded", "Task", "build_task", "task_class"]
+__all__ = ["KINDS", "PROTOCOL_KEYS", "Encoded", "Splits", "Task", "build_task"]

@@ -29,6 +29,15 @@ class Encoded(Dataset):
         return self.rows[i]
 
 
+class Splits(dict):
+    """What ``Task.splits`` returns: split -> DataFrame, and ``labels``: what the data says about the task's
+    labels (a classification task's ``LabelSet``; None for the other tasks)."""
+
+    def __init__(self, frames: dict, labels=None):
+        super().__init__(frames)
+        self.labels = labels
+
+
 def settings(cls, value, key: str):
     """A dataclass of settings from a config mapping; unknown keys are one clear error."""
     if isinstance(value, cls):
@@ -59,8 +68,9 @@ class Task:
     main_metric: str = ""
     default_eval_splits = ("validation", "test")
     reader = staticmethod(read_table)   # reads one local data file (rocoft.tasks.data)
-    columns: list[str] = []              # columns every split must have (checked when loading)
+    text_columns: tuple[str, ...] = ()   # the text columns: the key of split.dedupe
     stratify: str | None = None          # the column carved splits are stratified by
+    column_hint = ""                     # ends the error for a missing column: how to fix it
 
     def __init__(self, name: str, dataset: dict | None = None, data_files: dict | str | None = None,
                  eval_splits: list[str] | None = None, split: dict | None = None, main_metric: str | None = None):
@@ -80,10 +90,16 @@ class Task:
         """Split -> local file to read (``task.data_files``; empty: the source is ``task.dataset``)."""
         return {s: p for s, p in self.data_files.items() if p}
 
+    def required_columns(self, split: str) -> list[str]:
+        """The columns ``split`` must have as read (before ``prepare``). The loader checks them, once, for
+        every split (the train split also for the splits carved from it); ``encode`` trusts its input."""
+        return list(self.text_columns)
+
     def hint(self) -> str:
         """How to give the data offline (ends every data error)."""
-        return (f"give local files with columns [{', '.join(self.columns)}], e.g. task.data_files.train=train.csv "
-                f"task.data_files.validation=dev.csv (csv, tsv, json, jsonl or parquet).")
+        return (f"give local files with columns [{', '.join(self.required_columns('train'))}], e.g. "
+                f"task.data_files.train=train.csv task.data_files.validation=dev.csv (csv, tsv, json, jsonl or "
+                f"parquet).")
 
     def prepare(self, df, split: str):
         """One split as read, in the task's columns (the identity unless a task needs more)."""
@@ -92,12 +108,18 @@ class Task:
     def load(self) -> dict:
         """All splits, whole: train / validation / test (or the task's own), missing ones carved from train."""
         return load_splits(self.name, self.files(), self.source, self.split, self.reader, self.prepare,
-                           self.columns, self.stratify, self.eval_splits, self.hint())
+                           self.required_columns, self.text_columns, self.stratify, self.eval_splits, self.hint(),
+                           self.column_hint)
 
-    def splits(self, max_train: int | None = None, max_eval: int | None = None) -> dict:
-        """Raw DataFrames per split, capped at ``max_train`` / ``max_eval`` rows (a seeded subset)."""
-        return {s: subsample(df, max_train if s == "train" else max_eval, self.split.seed)
-                for s, df in self.load().items()}
+    def splits(self, max_train: int | None = None, max_eval: int | None = None) -> Splits:
+        """Raw DataFrames per split, capped at ``max_train`` / ``max_eval`` rows (a seeded subset), and in
+        ``.labels`` the task's label set as the whole training split gives it (:meth:`label_set`)."""
+        raw = self.load()
+        return Splits({s: subsample(df, max_train if s == "train" else max_eval, self.split.seed)
+                       for s, df in raw.items()}, labels=self.label_set(raw["train"]))
+
+    def label_set(self, train=None):
+        """The labels a classification task predicts (``ClassificationTask``); None for the other tasks."""
 
     # ---- features, prediction, scoring
     def encode(self, df, tokenizer, max_length: int, split: str = "train") -> Encoded:

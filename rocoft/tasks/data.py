@@ -10,7 +10,8 @@ Sources, in order of precedence:
 * ``task.dataset.source: hub``: ``datasets.load_dataset`` (needs the network or its cache).
 
 Checks, made once here for every task: a file that does not exist or cannot be read, no train split,
-an empty split, missing columns. Splits the source lacks are carved from ``train`` with a seeded,
+an empty split, missing columns (the columns each split needs, ``Task.required_columns``; a task's
+``encode`` trusts its input). Splits the source lacks are carved from ``train`` with a seeded,
 stratified split whose seed (``task.split.seed``) is fixed per task, independent of the run seed, so
 that every run of the suite is evaluated on the same validation and test rows.
 """
@@ -167,17 +168,20 @@ def require_columns(df: pd.DataFrame, columns, task: str, split: str, hint: str 
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise UserError(f"The {split} split of task {task!r} lacks column(s) {missing}; it has {list(df.columns)}. "
-                        f"{hint or 'Rename them or set task.text_fields / task.label_field.'}")
+                        f"{hint}".rstrip())
 
 
 def load_splits(task: str, files: dict | None = None, source: Source | None = None, split: SplitSpec | None = None,
-                reader: Callable = read_table, prepare: Callable | None = None, columns=(), stratify=None,
-                eval_splits=SPLITS[1:], hint: str = "") -> dict[str, pd.DataFrame]:
+                reader: Callable = read_table, prepare: Callable | None = None,
+                required: Callable[[str], list] | None = None, dedupe_key=(), stratify=None,
+                eval_splits=SPLITS[1:], hint: str = "", column_hint: str = "") -> dict[str, pd.DataFrame]:
     """train / validation / test (or the task's own split names) as DataFrames.
 
-    ``files`` ({split: path}) win over ``source``; ``reader`` reads each file; ``prepare(df, split)`` turns a
-    split into the task's columns; ``columns`` must be in every split (and are the dedupe key); ``stratify``
-    names the column the carved splits are stratified by; ``hint`` ends every error with the fix."""
+    ``files`` ({split: path}) win over ``source``; ``reader`` reads each file; ``required(split)`` names the
+    columns a split must have as read (the train split also those of the splits carved from it: the only
+    column check, ``column_hint`` ends its error); ``prepare(df, split)`` then turns a split into the task's
+    columns; ``dedupe_key`` names the columns whose repeats ``split.dedupe`` drops; ``stratify`` names the
+    column the carved splits are stratified by; ``hint`` ends every other error with the fix."""
     split = split or SplitSpec()
     source = source or Source()
     files = {s: Path(str(p)).expanduser() for s, p in (files or {}).items() if p}
@@ -195,16 +199,19 @@ def load_splits(task: str, files: dict | None = None, source: Source | None = No
         raise UserError(f"Task {task!r} reads your own files: {hint}")
     else:
         raise UserError(f"Unknown task.dataset.source {source.source!r}: use package, hub or files.")
-    if prepare is not None:
-        splits = {s: prepare(df, s) for s, df in splits.items()}
     if "train" not in splits:
         raise UserError(f"Task {task!r} has no train split (its data has {sorted(splits)}). {hint}")
+    carved = [s for s in ("test", "validation") if s not in splits and getattr(split, s)]
     for s, df in splits.items():
         if len(df) == 0:
             raise UserError(f"The {s} split of task {task!r} is empty.")
-        require_columns(df, columns, task, s)
-    if split.dedupe and columns:
-        splits = {s: df.drop_duplicates(subset=list(columns)).reset_index(drop=True) for s, df in splits.items()}
+        if required is not None:
+            needs = [required(s)] + ([required(c) for c in carved] if s == "train" else [])
+            require_columns(df, list(dict.fromkeys(c for cols in needs for c in cols)), task, s, column_hint)
+    if prepare is not None:
+        splits = {s: prepare(df, s) for s, df in splits.items()}
+    if split.dedupe and dedupe_key:
+        splits = {s: df.drop_duplicates(subset=list(dedupe_key)).reset_index(drop=True) for s, df in splits.items()}
     return carve_splits(splits, split, stratify)
 
 

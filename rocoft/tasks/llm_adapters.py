@@ -26,6 +26,8 @@ pool's tasks: they are scored with the pool's rules (``pool_label_words`` / ``au
 
 from __future__ import annotations
 
+import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -33,7 +35,7 @@ import torch
 from ..errors import UserError
 from ..metrics.answers import ANSWER_TYPES, gold_text, same_label, score_output
 from .base import Encoded, Task
-from .data import RECORDS, read_records, require_columns
+from .data import RECORDS, read_records
 from .modes import Generation, LogLikelihood, continuation_ids, decode, framing, pad, special_ids
 
 PROMPT = ("Below is an instruction that describes a task. Write a response that appropriately completes "
@@ -42,6 +44,14 @@ PROMPT_WITH_INPUT = ("Below is an instruction that describes a task, paired with
                      "context. Write a response that appropriately completes the request.\n\n"
                      "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n")
 EVAL_MODES = ("generate", "loglik", "both")
+# generation.max_new_tokens when a config leaves it out: as every task YAML sets it (label words are short;
+# arithmetic answers are worked step by step)
+MAX_NEW_TOKENS = {"label": 32, "number": 256, "letter": 256, "auto": 256}
+
+
+def default_data_dir() -> Path:
+    """``${ROCOFT_DATA:-data}/llm_adapters``: the task YAMLs' ``data_dir``."""
+    return Path(os.environ.get("ROCOFT_DATA", "data")) / "llm_adapters"
 
 
 def build_prompt(instruction: str, input: str | None = "") -> str:  # noqa: A002 - the record's field name
@@ -62,8 +72,9 @@ class InstructionTask(Task):
     kind = "causal_lm"
     main_metric = "accuracy"
     reader = staticmethod(read_records)
+    column_hint = f"Each file should be {RECORDS}."
 
-    def __init__(self, data_dir: str = "data/llm_adapters", train_set: str | None = None, test_set: str | None = None,
+    def __init__(self, data_dir: str | None = None, train_set: str | None = None, test_set: str | None = None,
                  answer_type: str = "label", label_words: list[str] | None = None,
                  pool_label_words: list[str] | None = None, case_sensitive: bool = True, eval_mode: str = "generate",
                  loglik_template: str = "the correct answer is {}", generation: dict | None = None,
@@ -78,14 +89,15 @@ class InstructionTask(Task):
                             f"{self.name!r} has numeric/letter answers: use task.eval_mode=generate.")
         if answer_type == "label" and not label_words:
             raise UserError(f"Task {self.name!r} extracts label words: list them in task.label_words.")
-        self.data_dir, self.train_set, self.test_set = Path(str(data_dir)).expanduser(), train_set, test_set
+        self.data_dir = Path(str(data_dir)).expanduser() if data_dir else default_data_dir()
+        self.train_set, self.test_set = train_set, test_set
         self.answer_type, self.case_sensitive = answer_type, bool(case_sensitive)
         self.label_words = [str(w) for w in label_words or []]
         self.pool_label_words = [str(w) for w in pool_label_words or self.label_words]
         self.generates, self.logliks = eval_mode in ("generate", "both"), eval_mode in ("loglik", "both")
         self.loglik = LogLikelihood(loglik_template or LogLikelihood.template)
-        self.generation = Generation.with_defaults(
-            generation, {"max_new_tokens": 32 if answer_type == "label" else 256}, continues_prompt=True, fill="eos")
+        self.generation = Generation.with_defaults(generation, {"max_new_tokens": MAX_NEW_TOKENS[answer_type]},
+                                                   continues_prompt=True, fill="eos")
         self.max_length, self.max_prompt_length = max_length, max_prompt_length
         if eval_mode == "loglik" and self.main_metric == "accuracy":
             self.main_metric = "loglik_acc"
@@ -111,6 +123,11 @@ class InstructionTask(Task):
                 f"task.data_files.train=/path/{self.train_set or 'train'}.json "
                 f"task.data_files.test=/path/{self.test_set or 'task'}/test.json")
 
+    def required_columns(self, split: str) -> list[str]:
+        """Training records need the prompt and the target response; evaluation records the prompt and the
+        gold answer (``input`` is optional)."""
+        return ["instruction", "output"] if split == "train" else ["instruction", "answer"]
+
     def rules(self, split: str) -> tuple[str, list[str]]:
         """(answer type, label words) that score ``split``: a split carved from a pool mixes the pool's tasks."""
         if self.train_set not in (None, self.name) and split != "train" and split not in self.files():
@@ -121,9 +138,7 @@ class InstructionTask(Task):
     def encode(self, df, tokenizer, max_length, split="train"):
         prefix, eos = framing(tokenizer)
         inputs = df["input"].tolist() if "input" in df.columns else [""] * len(df)
-        hint = f"Each file should be {RECORDS}."
         if split == "train":
-            require_columns(df, ["instruction", "output"], self.name, split, hint)
             prompts = [build_prompt(i, x) for i, x in zip(df["instruction"].tolist(), inputs)]
             cutoff = int(self.max_length or max_length)
             p_ids, r_ids = continuation_ids(tokenizer, prompts, df["output"].fillna("").astype(str).tolist())
@@ -134,10 +149,10 @@ class InstructionTask(Task):
                                 f"cut-off length {cutoff} (data.max_length): the prompts are longer. Raise it, e.g. "
                                 f"data.max_length=256 as in the paper.")
             if len(kept) < len(rows):
-                print(f"note: {len(rows) - len(kept)} of {len(rows)} training examples of task {self.name!r} "
-                      f"have no response token within the cut-off length {cutoff}; they are left out")
+                warnings.warn(f"{len(rows) - len(kept)} of {len(rows)} training examples of task {self.name!r} "
+                              f"have no response token within the cut-off length {cutoff}; they are left out",
+                              stacklevel=2)
             return Encoded(kept, split, tokenizer)
-        require_columns(df, ["instruction", "answer"], self.name, split, hint)
         prompts = [build_prompt(i, x) for i, x in zip(df["instruction"].tolist(), inputs)]
         limit = self.max_prompt_length
         rows = []

@@ -29,7 +29,7 @@ import torch
 from ..errors import UserError
 from ..metrics.squad import gold_answers, score_one, squad_metrics
 from .base import Encoded, Task
-from .data import read_squad, require_columns
+from .data import read_squad
 from .qa_windows import MODEL_INPUTS, best_answers, label_window, windows
 
 NEG = -1.0e4  # logit padding: never a candidate (real logits are many orders smaller)
@@ -63,6 +63,7 @@ class QATask(Task):
     main_metric = "f1"
     default_eval_splits = ("validation",)
     reader = staticmethod(read_squad)
+    column_hint = "QA data needs [id, question, context, answers] or the official SQuAD JSON format."
 
     def __init__(self, version_2_with_negative: bool = False, doc_stride: int = 128, n_best: int = 20,
                  max_answer_length: int = 30, null_score_diff_threshold: float = 0.0, **common):
@@ -77,10 +78,11 @@ class QATask(Task):
                 f": the official SQuAD JSON, or json/jsonl/csv/parquet with columns [id, question, context, answers] "
                 f"(answers = {{\"text\": [...], \"answer_start\": [...]}}).")
 
+    def required_columns(self, split: str) -> list[str]:
+        return ["context", "question", "answers"]  # id, title and is_impossible are optional
+
     def prepare(self, df: pd.DataFrame, split: str) -> pd.DataFrame:
         """Columns id, title, context, question, answers={"text": [...], "answer_start": [...]} (lists)."""
-        require_columns(df, ["context", "question", "answers"], self.name, split,
-                        "QA data needs [id, question, context, answers] or the official SQuAD JSON format.")
         out = pd.DataFrame({
             "id": df["id"].astype(str).tolist() if "id" in df else [f"{split}-{i}" for i in range(len(df))],
             "title": df["title"].fillna("").astype(str).tolist() if "title" in df else [""] * len(df),
@@ -107,10 +109,7 @@ class QATask(Task):
         if not getattr(tokenizer, "is_fast", False):
             raise UserError(f"Task {self.name!r} needs a fast tokenizer (character offsets); "
                             f"{type(tokenizer).__name__} is not one.")
-        if not {"context", "question", "answers"} <= set(df.columns) \
-                or not all(isinstance(a, dict) and isinstance(a.get("text"), list) for a in df["answers"]):
-            df = self.prepare(df, split)
-        df = df.reset_index(drop=True)
+        df = df.reset_index(drop=True)  # a split as loaded (prepared): splits() / load()
         if max_length - tokenizer.num_special_tokens_to_add(pair=True) < 2:
             raise UserError(f"data.max_length={max_length} leaves no room for a question and a context.")
         contexts, answers = df["context"].tolist(), df["answers"].tolist()

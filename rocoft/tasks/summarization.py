@@ -18,13 +18,13 @@ import torch
 
 from ..metrics import ROUGE_KEYS, rouge_scores
 from .base import Encoded, Task
-from .data import require_columns
 from .modes import Generation, decode, pad, special_ids
 
 
 class SummarizationTask(Task):
     kind = "seq2seq"
     main_metric = "rougeLsum"
+    column_hint = "Rename them or set task.source_field / task.target_field."
 
     def __init__(self, source_field: str = "document", target_field: str = "summary", id_field: str | None = None,
                  max_source_length: int | None = None, max_target_length: int = 64, generation: dict | None = None,
@@ -32,13 +32,12 @@ class SummarizationTask(Task):
         super().__init__(**common)
         self.source_field, self.target_field, self.id_field = source_field, target_field, id_field
         self.max_source_length, self.max_target_length = max_source_length, int(max_target_length)
-        self.columns = [source_field, target_field]
+        self.text_columns = [source_field, target_field]
         # seq2seq output: the decoder's start token + at most max_new_tokens new ones
         self.generation = Generation.with_defaults(generation, {"max_new_tokens": self.max_target_length},
                                                    extra_width=1)
 
     def encode(self, df, tokenizer, max_length, split="train"):
-        require_columns(df, self.columns, self.name, split)
         sources = df[self.source_field].fillna("").astype(str).tolist()
         targets = df[self.target_field].fillna("").astype(str).tolist()
         enc = tokenizer(sources, truncation=True, max_length=self.max_source_length or max_length)
