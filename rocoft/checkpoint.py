@@ -149,7 +149,8 @@ class Checkpointer:
         if not found:
             return None
         path = found[-1]
-        result = model.load_state_dict(torch.load(path / "trainable.pt", weights_only=False), strict=False)
+        state = upgrade_names(torch.load(path / "trainable.pt", weights_only=False))
+        result = model.load_state_dict(state, strict=False)
         if result.unexpected_keys:
             raise RuntimeError(f"Checkpoint {path} does not fit this model: {result.unexpected_keys[:3]}")
         training = torch.load(path / "training_state.pt", weights_only=False)
@@ -159,3 +160,10 @@ class Checkpointer:
         method_state = (torch.load(path / "method_state.pt", weights_only=False)
                         if (path / "method_state.pt").is_file() else None)
         return Resumed(Position.from_json((path / "state.json").read_text()), path, method_state)
+
+
+def upgrade_names(state: dict) -> dict:
+    """Checkpoints of suite versions before the one-layer RoCoFT named a layer's trained values
+    ``<layer>.rocoft.weight|index``; the layer now holds them per adapter, ``<layer>.rocoft_slices.default.*``."""
+    return {k.replace(".rocoft.", ".rocoft_slices.default.") if k.endswith((".rocoft.weight", ".rocoft.index"))
+            else k: v for k, v in state.items()}

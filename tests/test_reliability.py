@@ -321,3 +321,35 @@ def test_user_error_after_a_checkpoint_marks_the_kept_run_failed(tmp_path, capsy
     assert e.value.code == 2 and "diverged" in capsys.readouterr().err
     status = json.loads((_run_dir(cfg) / "status.json").read_text())
     assert status["status"] == "failed" and status["kind"] == "user_error"
+
+
+def test_checkpoint_of_the_previous_layer_names_resumes(tmp_path):
+    """Checkpoints written before the one-layer RoCoFT (`<layer>.rocoft.weight|index`) load into today's layer."""
+    import torch
+    from torch import nn
+
+    from rocoft import RoCoFTConfig, apply_rocoft, rocoft_layers
+    from rocoft.checkpoint import Checkpointer, Position
+
+    def model():
+        torch.manual_seed(0)
+        return apply_rocoft(nn.Sequential(nn.Linear(6, 5), nn.Linear(5, 4)), RoCoFTConfig(axis="row", rank=2,
+                                                                                      target_modules=["0", "1"]))
+
+    trained, fresh = model(), model()
+    opt = torch.optim.AdamW([p for p in trained.parameters() if p.requires_grad])
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    with torch.no_grad():
+        for _, layer in rocoft_layers(trained):
+            layer.slice().weight.add_(1.0)
+    ck = Checkpointer(tmp_path / "ck")
+    path = ck.save(trained, opt, sched, Position(step=3, epoch=0, in_epoch=3))
+    state = torch.load(path / "trainable.pt")
+    old = {k.replace(".rocoft_slices.default.", ".rocoft."): v for k, v in state.items()}
+    assert any(k.endswith(".rocoft.weight") for k in old) and old.keys() != state.keys()
+    torch.save(old, path / "trainable.pt")  # as the previous version wrote it
+    opt2 = torch.optim.AdamW([p for p in fresh.parameters() if p.requires_grad])
+    Checkpointer(tmp_path / "ck").load_latest(fresh, opt2, torch.optim.lr_scheduler.LambdaLR(opt2, lambda s: 1.0))
+    x = torch.randn(3, 6)
+    assert torch.equal(fresh(x), trained(x))
+    assert not torch.equal(fresh(x), model()(x))
