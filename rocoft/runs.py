@@ -29,7 +29,7 @@ from pathlib import Path
 
 from .checkpoint import Preempted, hand_on
 from .errors import UserError
-from .utils import atomic_write_json, atomic_write_text, git_info, package_versions
+from .utils import atomic_write_json, atomic_write_text, flat_dict, git_info, package_versions
 
 USER_ERROR_EXIT = 2
 METRICS_FORMAT = 2  # metrics.json version: 2 = every score a fraction (1, unversioned: QA/ROUGE/LLM in percent)
@@ -37,15 +37,6 @@ METRICS_FORMAT = 2  # metrics.json version: 2 = every score a fraction (1, unver
 NEUTRAL = {"force", "results_dir", "output_dir", "device", "logger", "save", "hydra", "train.resume",
            "train.checkpoint_every", "train.keep_checkpoints", "train.log_every", "train.eval_batch_size",
            "train.stop_signals"}
-
-
-def _flat(tree, prefix="") -> dict:
-    if not isinstance(tree, dict):
-        return {prefix[:-1]: tree}
-    out = {}
-    for k, v in tree.items():
-        out.update(_flat(v, f"{prefix}{k}."))
-    return out
 
 
 def changed_settings(run_dir: Path, cfg) -> list[str]:
@@ -57,7 +48,7 @@ def changed_settings(run_dir: Path, cfg) -> list[str]:
     except Exception:  # noqa: BLE001 - no or unreadable config: nothing to compare
         return []
     new = OmegaConf.to_container(cfg, resolve=True)
-    a, b = _flat(old or {}), _flat(new)
+    a, b = flat_dict(old or {}), flat_dict(new)
     neutral = lambda k: any(k == n or k.startswith(n + ".") for n in NEUTRAL)  # noqa: E731
     # keys in only one of them come from another version of the suite (a new option at its default): not compared
     return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in sorted(a.keys() & b.keys()) if not neutral(k) and a[k] != b[k]]

@@ -16,6 +16,7 @@ Accelerate handles the device, mixed precision, gradient accumulation and multi-
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import math
 import time
@@ -41,7 +42,7 @@ from .methods import Method, build_method
 from .models import build_model, load_tokenizer
 from .sampling import LengthGroupedBatchSampler, ShuffledBatchSampler, example_lengths, sorted_by_length
 from .tasks import build_task
-from .utils import JsonlLog, peak_memory, reset_peak_memory
+from .utils import JsonlLog, flat_dict, peak_memory, reset_peak_memory
 
 
 def build_accelerator(cfg) -> Accelerator:
@@ -63,14 +64,38 @@ def build_accelerator(cfg) -> Accelerator:
     # cpu=True whenever no GPU is used: Accelerate then runs multi-process CPU jobs (torchrun) over gloo
     # split_batches: train.batch_size is the global batch, split across processes, so that N processes
     # see exactly the batches one process would
-    tracker = None
-    if cfg.logger.name == "wandb":
-        if importlib.util.find_spec("wandb") is None:
-            raise UserError("logger=wandb needs the wandb package: pip install wandb")
-        tracker = "wandb"
+    tracker = cfg.logger.name if cfg.logger.name != "none" else None
+    if tracker is not None and tracker not in TRACKERS:
+        raise UserError(f"logger={tracker} is not supported; use one of: none, {', '.join(TRACKERS)}")
+    if tracker is not None and importlib.util.find_spec(TRACKERS[tracker]) is None:
+        raise UserError(f"logger={tracker} needs the {TRACKERS[tracker]} package: pip install {TRACKERS[tracker]}")
     return Accelerator(cpu=device == "cpu" or not cuda, mixed_precision=precision, log_with=tracker,
+                       project_dir=str(cfg.output_dir) if tracker == "tensorboard" else None,
                        gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
                        dataloader_config=DataLoaderConfiguration(split_batches=True))
+
+
+TRACKERS = {"wandb": "wandb", "tensorboard": "tensorboard"}  # logger=<name> -> the package it needs
+
+
+def wandb_run_id(run_dir: Path) -> str:
+    """A W&B run id fixed by the run directory: a resumed or requeued run logs into the same W&B run."""
+    return "rocoft-" + hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:16]
+
+
+def start_trackers(cfg, accelerator, run_dir: Path) -> None:
+    """Accelerate's tracker for ``logger=wandb`` (one W&B run per run directory, resumed after a requeue;
+    stored under <run>/wandb) or ``logger=tensorboard`` (event files under <run>/tensorboard)."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    if cfg.logger.name == "wandb":
+        accelerator.init_trackers(cfg.logger.project, config=config, init_kwargs={"wandb": {
+            "dir": str(run_dir), "entity": cfg.logger.entity, "tags": list(cfg.logger.tags),
+            "name": "/".join(run_dir.parts[-4:]), "id": wandb_run_id(run_dir), "resume": "allow"}})
+    elif cfg.logger.name == "tensorboard":
+        # TensorBoard's hparams take scalars only: the config flattened, other values as text
+        flat = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                for k, v in flat_dict(config).items()}
+        accelerator.init_trackers(cfg.logger.subdir, config=flat)
 
 
 def no_decay(name: str, param: torch.Tensor, rocoft_values: frozenset[int] = frozenset()) -> bool:
@@ -337,11 +362,7 @@ def train_and_evaluate(cfg, accelerator: Accelerator, run_dir: Path) -> Result:
     transformers.utils.logging.disable_progress_bar()
     reset_peak_memory(accelerator.device)
     main = accelerator.is_main_process
-    if cfg.logger.name == "wandb":
-        accelerator.init_trackers(cfg.logger.project, config=OmegaConf.to_container(cfg, resolve=True),
-                                  init_kwargs={"wandb": {"dir": str(run_dir), "entity": cfg.logger.entity,
-                                                         "tags": list(cfg.logger.tags),
-                                                         "name": "/".join(run_dir.parts[-4:])}})
+    start_trackers(cfg, accelerator, run_dir)
     data = setup_data(cfg, accelerator)
     trainee = setup_model(cfg, data, accelerator)
     checkpointer = Checkpointer(run_dir / "checkpoints", keep=cfg.train.keep_checkpoints, enabled=main)
