@@ -4,8 +4,9 @@
 trained slices and their indices), the optimizer and scheduler states, the RNG states and the
 run's :class:`Position` (step, epoch, batches consumed, validation history, time so far). Each is written to a temporary folder and renamed into
 place, so a kill mid-write leaves the previous checkpoint intact; the last ``keep`` are kept.
-SIGTERM / SIGUSR1 (what SLURM sends before preemption or the time limit) make the loop write a
-checkpoint at the next step and stop.
+The stop signals (``train.stop_signals``, default SIGTERM, SIGUSR1, SIGUSR2: what SLURM sends on
+preemption and, through submitit, before the time limit) make the loop write a checkpoint at the next
+step and stop; :func:`hand_on` then gets the job requeued.
 """
 
 from __future__ import annotations
@@ -23,24 +24,55 @@ import torch
 
 
 class Preempted(Exception):
-    """Raised by the loop after it saved a checkpoint on SIGTERM / SIGUSR1."""
+    """Raised by the loop after it saved a checkpoint on one of the stop signals (``train.stop_signals``).
 
-    def __init__(self, signum: int, step: int):
+    ``previous`` is the handler the signal had before the loop took it (under SLURM: submitit's, which
+    requeues the job on SIGUSR2); ``main``: raised on the main process (rank 0), which alone writes files."""
+
+    def __init__(self, signum: int, step: int, previous=None, main: bool = True):
         super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint saved")
-        self.signum, self.step = signum, step
+        self.signum, self.step, self.previous, self.main = signum, step, previous, main
+
+
+DEFAULT_STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2")
+
+
+def parse_signals(names) -> tuple[signal.Signals, ...]:
+    """``["SIGTERM", "USR2", 10]`` -> signal.Signals; a clear error for a name that is no signal."""
+    out = []
+    for name in names:
+        try:
+            sig = signal.Signals(name) if isinstance(name, int) else signal.Signals[
+                str(name).upper() if str(name).upper().startswith("SIG") else "SIG" + str(name).upper()]
+        except (KeyError, ValueError):
+            from .errors import UserError
+
+            raise UserError(f"train.stop_signals: {name!r} is not a signal (e.g. SIGTERM, SIGUSR1, SIGUSR2)") from None
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            from .errors import UserError
+
+            raise UserError(f"train.stop_signals: {sig.name} cannot be caught")
+        out.append(sig)
+    return tuple(dict.fromkeys(out))
 
 
 class StopSignals:
-    """Turn SIGTERM / SIGUSR1 into a flag the training loop checks after each step."""
+    """Turn the stop signals into a flag the training loop checks after each step.
 
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+    Installed when the loop starts, over whatever handled them before (under SLURM: submitit's, whose
+    SIGUSR2 handler would otherwise requeue and ``sys.exit`` from inside the signal handler, mid-step);
+    put back on exit. :meth:`agreed` is the flag all processes agree on: with torch.distributed
+    initialised, a max all-reduce at each step boundary, so every rank stops at the same step (none is
+    left waiting in a collective because it saw the signal one step later)."""
 
-    def __init__(self):
+    def __init__(self, signals=DEFAULT_STOP_SIGNALS, device=None):
+        self.signals = parse_signals(signals)
+        self.device = device
         self.received: int | None = None
         self.previous = {}
 
     def __enter__(self):
-        for s in self.SIGNALS:
+        for s in self.signals:
             try:
                 self.previous[s] = signal.signal(s, self._handle)
             except ValueError:  # not the main thread: signals stay with their owner
@@ -48,21 +80,50 @@ class StopSignals:
         return self
 
     def _handle(self, signum, frame):
-        self.received = signum
+        if self.received is None:
+            self.received = signum
 
     def __exit__(self, *exc):
         for s, handler in self.previous.items():
             signal.signal(s, handler)
-        StopSignals._last_previous = dict(self.previous)
+        self.previous = {}
 
-    _last_previous: dict = {}
+    def agreed(self) -> int | None:
+        """The signal to stop on, the same on every process (None: go on)."""
+        dist = torch.distributed
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return self.received
+        flag = torch.tensor([self.received or 0], dtype=torch.int64, device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item()) or None
 
-    @staticmethod
-    def forward_to_previous(signum: int) -> None:
-        """Pass a signal on to whoever handled it before the loop (e.g. submitit, which then requeues)."""
-        handler = StopSignals._last_previous.get(signum)
-        if callable(handler) and handler not in (signal.default_int_handler,):
-            handler(signum, None)
+    def previous_handler(self, signum: int):
+        return self.previous.get(signum)
+
+
+def hand_on(error: Preempted) -> None:
+    """After the checkpoint: get the job requeued, if it runs under SLURM.
+
+    A Python handler that held the signal before the loop (submitit's) gets it: on SIGUSR2 submitit
+    requeues the job (``scontrol requeue``; counting time-outs against ``max_num_timeout``) and exits
+    with SystemExit. Without one, under SLURM (``SLURM_JOB_ID`` set), the main process requeues the
+    job itself on any stop signal but SIGTERM. SIGTERM is not requeued here: SLURM sends it when it
+    requeues a job itself (preemption with PreemptMode=REQUEUE, ``scontrol requeue``) and on ``scancel``,
+    which means stop."""
+    import os
+    import subprocess
+
+    handler = error.previous
+    if callable(handler) and handler is not signal.default_int_handler:
+        handler(error.signum, None)
+        return
+    job = os.environ.get("SLURM_JOB_ID")
+    if job and error.main and error.signum != signal.SIGTERM:
+        try:
+            subprocess.run(["scontrol", "requeue", job], check=True, timeout=60)
+            print(f"requeued SLURM job {job}", flush=True)
+        except (OSError, subprocess.SubprocessError) as e:
+            print(f"warning: could not requeue SLURM job {job}: {e}", flush=True)
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

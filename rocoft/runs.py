@@ -20,30 +20,23 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import sys
 import time
 import traceback
 from pathlib import Path
 
-from .checkpoint import Preempted, StopSignals
+from .checkpoint import Preempted, hand_on
 from .errors import UserError
-from .utils import atomic_write_json, atomic_write_text, git_info, package_versions
+from .utils import atomic_write_json, atomic_write_text, flat_dict, git_info, package_versions
 
 USER_ERROR_EXIT = 2
 METRICS_FORMAT = 2  # metrics.json version: 2 = every score a fraction (1, unversioned: QA/ROUGE/LLM in percent)
 # settings that do not change what a run computes: a run directory may be resumed or skipped across them
 NEUTRAL = {"force", "results_dir", "output_dir", "device", "logger", "save", "hydra", "train.resume",
-           "train.checkpoint_every", "train.keep_checkpoints", "train.log_every", "train.eval_batch_size"}
-
-
-def _flat(tree, prefix="") -> dict:
-    if not isinstance(tree, dict):
-        return {prefix[:-1]: tree}
-    out = {}
-    for k, v in tree.items():
-        out.update(_flat(v, f"{prefix}{k}."))
-    return out
+           "train.checkpoint_every", "train.keep_checkpoints", "train.log_every", "train.eval_batch_size",
+           "train.stop_signals"}
 
 
 def changed_settings(run_dir: Path, cfg) -> list[str]:
@@ -55,7 +48,7 @@ def changed_settings(run_dir: Path, cfg) -> list[str]:
     except Exception:  # noqa: BLE001 - no or unreadable config: nothing to compare
         return []
     new = OmegaConf.to_container(cfg, resolve=True)
-    a, b = _flat(old or {}), _flat(new)
+    a, b = flat_dict(old or {}), flat_dict(new)
     neutral = lambda k: any(k == n or k.startswith(n + ".") for n in NEUTRAL)  # noqa: E731
     # keys in only one of them come from another version of the suite (a new option at its default): not compared
     return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in sorted(a.keys() & b.keys()) if not neutral(k) and a[k] != b[k]]
@@ -172,10 +165,18 @@ def execute(cfg, multirun: bool = False):
     try:
         metrics = run(cfg)
     except Preempted as e:
-        write_status(run_dir, "preempted", step=e.step)
-        print(f"\n{run_dir}: {e}. Run the same command again to resume.", file=sys.stderr)
-        StopSignals.forward_to_previous(e.signum)  # e.g. submitit: requeue the job
+        if e.main:
+            write_status(run_dir, "preempted", step=e.step, signal=signal.Signals(e.signum).name)
+            print(f"\n{run_dir}: {e}. Run the same command again to resume (a SLURM job is requeued).",
+                  file=sys.stderr, flush=True)
+        hand_on(e)  # under SLURM: the job requeued (submitit's handler, which exits, or scontrol requeue)
         sys.exit(128 + e.signum)
+    except (KeyboardInterrupt, SystemExit) as e:  # Ctrl-C, or submitit's signal handler exiting outside the loop
+        if (read_json(run_dir / "status.json") or {}).get("status") == "running":
+            write_status(run_dir, "preempted", error=f"{type(e).__name__}"
+                         f"{'' if isinstance(e, KeyboardInterrupt) else f' (exit code {e.code})'} before a checkpoint",
+                         step=None)
+        raise
     except UserError as e:
         print(f"\nerror: {e}", file=sys.stderr)
         if multirun:  # keep the directory: it says why this grid point failed

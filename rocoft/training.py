@@ -16,6 +16,7 @@ Accelerate handles the device, mixed precision, gradient accumulation and multi-
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import math
 import time
@@ -34,14 +35,14 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from .checkpoint import Checkpointer, Position, Preempted, Resumed, StopSignals
+from .checkpoint import DEFAULT_STOP_SIGNALS, Checkpointer, Position, Preempted, Resumed, StopSignals
 from .core import RoCoFTSlice
 from .errors import UserError
 from .methods import Method, build_method
 from .models import build_model, load_tokenizer
 from .sampling import LengthGroupedBatchSampler, ShuffledBatchSampler, example_lengths, sorted_by_length
 from .tasks import build_task
-from .utils import JsonlLog, peak_memory, reset_peak_memory
+from .utils import JsonlLog, flat_dict, peak_memory, reset_peak_memory
 
 
 def build_accelerator(cfg) -> Accelerator:
@@ -63,14 +64,38 @@ def build_accelerator(cfg) -> Accelerator:
     # cpu=True whenever no GPU is used: Accelerate then runs multi-process CPU jobs (torchrun) over gloo
     # split_batches: train.batch_size is the global batch, split across processes, so that N processes
     # see exactly the batches one process would
-    tracker = None
-    if cfg.logger.name == "wandb":
-        if importlib.util.find_spec("wandb") is None:
-            raise UserError("logger=wandb needs the wandb package: pip install wandb")
-        tracker = "wandb"
+    tracker = cfg.logger.name if cfg.logger.name != "none" else None
+    if tracker is not None and tracker not in TRACKERS:
+        raise UserError(f"logger={tracker} is not supported; use one of: none, {', '.join(TRACKERS)}")
+    if tracker is not None and importlib.util.find_spec(TRACKERS[tracker]) is None:
+        raise UserError(f"logger={tracker} needs the {TRACKERS[tracker]} package: pip install {TRACKERS[tracker]}")
     return Accelerator(cpu=device == "cpu" or not cuda, mixed_precision=precision, log_with=tracker,
+                       project_dir=str(cfg.output_dir) if tracker == "tensorboard" else None,
                        gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
                        dataloader_config=DataLoaderConfiguration(split_batches=True))
+
+
+TRACKERS = {"wandb": "wandb", "tensorboard": "tensorboard"}  # logger=<name> -> the package it needs
+
+
+def wandb_run_id(run_dir: Path) -> str:
+    """A W&B run id fixed by the run directory: a resumed or requeued run logs into the same W&B run."""
+    return "rocoft-" + hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:16]
+
+
+def start_trackers(cfg, accelerator, run_dir: Path) -> None:
+    """Accelerate's tracker for ``logger=wandb`` (one W&B run per run directory, resumed after a requeue;
+    stored under <run>/wandb) or ``logger=tensorboard`` (event files under <run>/tensorboard)."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    if cfg.logger.name == "wandb":
+        accelerator.init_trackers(cfg.logger.project, config=config, init_kwargs={"wandb": {
+            "dir": str(run_dir), "entity": cfg.logger.entity, "tags": list(cfg.logger.tags),
+            "name": "/".join(run_dir.parts[-4:]), "id": wandb_run_id(run_dir), "resume": "allow"}})
+    elif cfg.logger.name == "tensorboard":
+        # TensorBoard's hparams take scalars only: the config flattened, other values as text
+        flat = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                for k, v in flat_dict(config).items()}
+        accelerator.init_trackers(cfg.logger.subdir, config=flat)
 
 
 def no_decay(name: str, param: torch.Tensor, rocoft_values: frozenset[int] = frozenset()) -> bool:
@@ -226,10 +251,23 @@ def resume(cfg, trainee: Trainee, checkpointer: Checkpointer, accelerator) -> Re
     return resumed
 
 
+def stop_now(stop: StopSignals, accelerator, trainee: Trainee, checkpointer: Checkpointer, position: Position,
+             log: JsonlLog) -> None:
+    """At a step boundary: if any process got a stop signal, every process saves (rank 0 writes) a checkpoint
+    at ``position`` and raises :class:`Preempted`; else nothing."""
+    signum = stop.agreed()
+    if signum is None:
+        return
+    unwrapped = accelerator.unwrap_model(trainee.model)
+    checkpointer.save(unwrapped, trainee.optimizer, trainee.scheduler, position, trainee.method.extra_state(unwrapped))
+    log.close()
+    raise Preempted(signum, position.step, previous=stop.previous_handler(signum), main=accelerator.is_main_process)
+
+
 def fit(cfg, accelerator, data: Data, trainee: Trainee, position: Position, log: JsonlLog,
-        checkpointer: Checkpointer, clock: Clock) -> Position:
-    """Train from ``position`` to ``total_steps``; returns the final position. On SIGTERM / SIGUSR1: save a
-    checkpoint at the next step and raise :class:`Preempted`."""
+        checkpointer: Checkpointer, clock: Clock, stop: StopSignals | None = None) -> Position:
+    """Train from ``position`` to ``total_steps``; returns the final position. On a stop signal (``stop``):
+    save a checkpoint at the next step and raise :class:`Preempted`."""
     tcfg, task, method = cfg.train, data.task, trainee.method
     model, optimizer, scheduler = trainee.model, trainee.optimizer, trainee.scheduler
     total, per_epoch = trainee.total_steps, trainee.steps_per_epoch
@@ -240,65 +278,66 @@ def fit(cfg, accelerator, data: Data, trainee: Trainee, position: Position, log:
     bar = tqdm(total=total, initial=step, desc=f"train {cfg.method.tag}", disable=not accelerator.is_local_main_process)
     model.train()
     clock.train_start = time.time()
-    with StopSignals() as stop:
-        while step < total:
-            data.train_loader.set_epoch(epoch)  # the prepared loader passes it on to our sampler at each __iter__
-            data.sampler.set_epoch(epoch)
-            loader = data.train_loader
-            for batch in (accelerator.skip_first_batches(loader, in_epoch) if in_epoch else loader):
-                in_epoch += 1
-                with accelerator.accumulate(model):
-                    loss = model(**batch).loss
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and tcfg.max_grad_norm:
-                        accelerator.clip_grad_norm_(model.parameters(), tcfg.max_grad_norm)
-                    optimizer.step()
-                    if accelerator.sync_gradients:
-                        method.after_step(accelerator.unwrap_model(model), step + 1)
-                    optimizer.zero_grad(set_to_none=True)
-                window.append(loss.detach())
-                if not accelerator.sync_gradients:
-                    continue
-                lr = scheduler.get_last_lr()[0]  # the lr this step trained with
-                scheduler.step()
-                step += 1
-                step_loss = accelerator.reduce(torch.stack(window).mean(), reduction="mean").item()
-                window = []
-                if not math.isfinite(step_loss):
-                    raise UserError(f"Training diverged: loss is {step_loss} at step {step}; lower train.lr "
-                                    f"(now {tcfg.lr}).")
-                if step % tcfg.log_every == 0 or step == total:
-                    log.write(step=step, epoch=round(step / per_epoch, 4), loss=step_loss, lr=lr)
-                    accelerator.log({"train/loss": step_loss, "train/lr": lr}, step=step)
-                bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
-                bar.update(1)
-                if val_split in data.eval_loaders and step % eval_every == 0 and step < total:
-                    result, _ = evaluate(model, data.eval_loaders[val_split], task, accelerator,
-                                         data.datasets[val_split], val_split)
-                    log.write(step=step, split=val_split, **result)
-                    accelerator.log({f"{val_split}/{k}": v for k, v in result.items()}, step=step)
-                    history.append({"step": step, **result})
-                at_end = in_epoch == len(loader)
-                position = Position(step, epoch + at_end, 0 if at_end else in_epoch, history, clock.elapsed())
-                if stop.received is not None or (tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0):
-                    unwrapped = accelerator.unwrap_model(model)
-                    checkpointer.save(unwrapped, optimizer, scheduler, position, method.extra_state(unwrapped))
-                if stop.received is not None:
-                    log.close()
-                    raise Preempted(stop.received, step)
-                if step >= total:
-                    break
-            else:
-                epoch, in_epoch = epoch + 1, 0
+    stop = stop or StopSignals(())  # none: never stops
+    while step < total:
+        data.train_loader.set_epoch(epoch)  # the prepared loader passes it on to our sampler at each __iter__
+        data.sampler.set_epoch(epoch)
+        loader = data.train_loader
+        for batch in (accelerator.skip_first_batches(loader, in_epoch) if in_epoch else loader):
+            in_epoch += 1
+            with accelerator.accumulate(model):
+                loss = model(**batch).loss
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and tcfg.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), tcfg.max_grad_norm)
+                optimizer.step()
+                if accelerator.sync_gradients:
+                    method.after_step(accelerator.unwrap_model(model), step + 1)
+                optimizer.zero_grad(set_to_none=True)
+            window.append(loss.detach())
+            if not accelerator.sync_gradients:
+                continue
+            lr = scheduler.get_last_lr()[0]  # the lr this step trained with
+            scheduler.step()
+            step += 1
+            step_loss = accelerator.reduce(torch.stack(window).mean(), reduction="mean").item()
+            window = []
+            if not math.isfinite(step_loss):
+                raise UserError(f"Training diverged: loss is {step_loss} at step {step}; lower train.lr "
+                                f"(now {tcfg.lr}).")
+            if step % tcfg.log_every == 0 or step == total:
+                log.write(step=step, epoch=round(step / per_epoch, 4), loss=step_loss, lr=lr)
+                accelerator.log({"train/loss": step_loss, "train/lr": lr}, step=step)
+            bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
+            bar.update(1)
+            if val_split in data.eval_loaders and step % eval_every == 0 and step < total:
+                result, _ = evaluate(model, data.eval_loaders[val_split], task, accelerator,
+                                     data.datasets[val_split], val_split)
+                log.write(step=step, split=val_split, **result)
+                accelerator.log({f"{val_split}/{k}": v for k, v in result.items()}, step=step)
+                history.append({"step": step, **result})
+            at_end = in_epoch == len(loader)
+            position = Position(step, epoch + at_end, 0 if at_end else in_epoch, history, clock.elapsed())
+            stop_now(stop, accelerator, trainee, checkpointer, position, log)
+            if tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0:
+                unwrapped = accelerator.unwrap_model(model)
+                checkpointer.save(unwrapped, optimizer, scheduler, position, method.extra_state(unwrapped))
+            if step >= total:
+                break
+        else:
+            epoch, in_epoch = epoch + 1, 0
     bar.close()
     return Position(step, epoch, in_epoch, history, clock.elapsed())
 
 
 # ---- stage 4: final evaluation
-def final_evaluation(accelerator, data: Data, trainee: Trainee, step: int, log: JsonlLog):
-    """Score every evaluation split: ``({split: metrics}, {split: records or None})``."""
+def final_evaluation(accelerator, data: Data, trainee: Trainee, step: int, log: JsonlLog, before_split=None):
+    """Score every evaluation split: ``({split: metrics}, {split: records or None})``. ``before_split()``
+    runs before each (a stop check: a stop signal during the final evaluation checkpoints and stops there)."""
     metrics, records = {}, {}
     for split, loader in data.eval_loaders.items():
+        if before_split is not None:
+            before_split()
         metrics[split], records[split] = evaluate(trainee.model, loader, data.task, accelerator,
                                                   data.datasets[split], split)
         log.write(step=step, split=split, final=True, **metrics[split])
@@ -323,11 +362,7 @@ def train_and_evaluate(cfg, accelerator: Accelerator, run_dir: Path) -> Result:
     transformers.utils.logging.disable_progress_bar()
     reset_peak_memory(accelerator.device)
     main = accelerator.is_main_process
-    if cfg.logger.name == "wandb":
-        accelerator.init_trackers(cfg.logger.project, config=OmegaConf.to_container(cfg, resolve=True),
-                                  init_kwargs={"wandb": {"dir": str(run_dir), "entity": cfg.logger.entity,
-                                                         "tags": list(cfg.logger.tags),
-                                                         "name": "/".join(run_dir.parts[-4:])}})
+    start_trackers(cfg, accelerator, run_dir)
     data = setup_data(cfg, accelerator)
     trainee = setup_model(cfg, data, accelerator)
     checkpointer = Checkpointer(run_dir / "checkpoints", keep=cfg.train.keep_checkpoints, enabled=main)
@@ -335,9 +370,17 @@ def train_and_evaluate(cfg, accelerator: Accelerator, run_dir: Path) -> Result:
     position = resumed.position if resumed else Position()
     clock.earlier = position.elapsed  # time and memory of the run before its last resume
     log = JsonlLog(run_dir / "log.jsonl", enabled=main, keep_until_step=position.step if resumed else None)
-    position = fit(cfg, accelerator, data, trainee, position, log, checkpointer, clock)
-    train_time = clock.training()
-    final, records = final_evaluation(accelerator, data, trainee, position.step, log)
+    # the stop signals are the loop's from here to the end of the final evaluation (under SLURM, submitit's
+    # handlers hold them before and after)
+    with StopSignals(cfg.train.get("stop_signals", DEFAULT_STOP_SIGNALS), device=accelerator.device) as stop:
+        position = fit(cfg, accelerator, data, trainee, position, log, checkpointer, clock, stop)
+        train_time = clock.training()
+        done = position
+        final, records = final_evaluation(
+            accelerator, data, trainee, position.step, log,
+            before_split=lambda: stop_now(stop, accelerator, trainee, checkpointer,
+                                          Position(done.step, done.epoch, done.in_epoch, done.history,
+                                                   clock.elapsed()), log))
     log.close()
     metrics = {
         "model": cfg.model.name, "task": cfg.task.name, "method": cfg.method.name,

@@ -53,6 +53,16 @@ def atomic_write_json(path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def flat_dict(tree, prefix: str = "") -> dict:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    if not isinstance(tree, dict):
+        return {prefix[:-1]: tree}
+    out = {}
+    for k, v in tree.items():
+        out.update(flat_dict(v, f"{prefix}{k}."))
+    return out
+
+
 class JsonlLog:
     """Append-only JSON-lines log; each record is one write + flush, so a killed run loses at most the last.
 

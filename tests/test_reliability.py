@@ -240,6 +240,112 @@ def test_wandb_offline_logging(tmp_path, monkeypatch):
     assert len(offline) == 1 and list(offline[0].glob("*.wandb"))
     records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 3] and metrics["steps"] == 3
+    # the W&B run id is the run directory's: a second start of the same run (a requeued job) continues it
+    from rocoft.training import wandb_run_id
+
+    run_id = wandb_run_id(run_dir)
+    assert offline[0].name.endswith("-" + run_id)
+    run(compose_config(small_run_overrides(tmp_path, steps=3) + ["model=tiny_encoder", "logger=wandb", "force=true"]))
+    again = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(again) == 2 and all(p.name.endswith("-" + run_id) for p in again)
+    assert wandb_run_id(run_dir) == wandb_run_id(os.path.relpath(run_dir)) != wandb_run_id(run_dir.parent / "seed1")
+
+
+def test_tensorboard_logging(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from rocoft.runs import run
+
+    run(compose_config(small_run_overrides(tmp_path, steps=3) + ["model=tiny_encoder", "logger=tensorboard"]))
+    logs = tmp_path.joinpath(*RUN, "tensorboard")
+    events = EventAccumulator(str(logs)).Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3]
+    assert "final/test/accuracy" in events.Tags()["scalars"]
+
+
+# ---- stop signals
+def test_stop_signal_names():
+    from rocoft.checkpoint import DEFAULT_STOP_SIGNALS, parse_signals
+    from rocoft.errors import UserError
+
+    assert parse_signals(DEFAULT_STOP_SIGNALS) == (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+    assert parse_signals(["usr2", "SIGTERM", int(signal.SIGTERM)]) == (signal.SIGUSR2, signal.SIGTERM)
+    for bad in ("SIGFOO", "SIGKILL"):
+        with pytest.raises(UserError, match="train.stop_signals"):
+            parse_signals([bad])
+
+
+def test_usr2_checkpoints_first_then_submitits_handler_requeues_and_exits(tmp_path):
+    """Under SLURM, submitit's USR2 handler requeues the job and raises SystemExit(-1): the loop must see
+    USR2 first (checkpoint at the next step), then hand it on; status.json says preempted."""
+    import threading
+
+    import rocoft.training  # noqa: F401 - the heavy imports done before the signal arrives
+
+    received = []
+
+    def submitit_like(signum, frame):  # what submitit's checkpoint_and_try_requeue does, after scontrol requeue
+        received.append(signum)
+        sys.exit(-1)
+
+    previous = signal.signal(signal.SIGUSR2, submitit_like)
+    cfg = compose_config(small_run_overrides(tmp_path, steps=400, train=96) + [
+        "model=tiny_encoder", "train.batch_size=8", "train.checkpoint_every=0"])
+    log = tmp_path.joinpath(*RUN, "log.jsonl")
+
+    def send_when_training():
+        deadline = time.time() + 120
+        while time.time() < deadline and not (log.exists() and log.read_text().count('"loss"') >= 3):
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGUSR2)
+
+    threading.Thread(target=send_when_training, daemon=True).start()
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            execute(cfg)
+    finally:
+        assert signal.getsignal(signal.SIGUSR2) is submitit_like  # put back after the loop
+        signal.signal(signal.SIGUSR2, previous)
+    assert exit_info.value.code == -1 and received == [signal.SIGUSR2]
+    status = json.loads(tmp_path.joinpath(*RUN, "status.json").read_text())
+    assert status["status"] == "preempted" and status["signal"] == "SIGUSR2", status
+    assert tmp_path.joinpath(*RUN, "checkpoints", f"step_{status['step']}").is_dir()
+
+
+def test_exit_outside_the_loop_never_leaves_status_running(tmp_path, monkeypatch):
+    """submitit's handler may fire before the loop holds the signals (model loading): SystemExit there."""
+    import rocoft.training
+
+    def exits(*args, **kwargs):
+        sys.exit(-1)
+
+    monkeypatch.setattr(rocoft.training, "setup_model", exits)
+    cfg = compose_config(small_run_overrides(tmp_path) + ["model=tiny_encoder"])
+    with pytest.raises(SystemExit):
+        execute(cfg)
+    assert json.loads(tmp_path.joinpath(*RUN, "status.json").read_text())["status"] == "preempted"
+
+
+def _agree(rank, init_file, results):
+    import torch.distributed as dist
+
+    from rocoft.checkpoint import StopSignals
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    stop = StopSignals(())
+    results[rank] = [stop.agreed()]
+    stop.received = signal.SIGUSR2 if rank == 1 else None  # only rank 1 saw the signal
+    results[rank] = results[rank] + [stop.agreed()]
+    dist.destroy_process_group()
+
+
+def test_all_ranks_agree_to_stop_at_the_same_step(tmp_path):
+    import torch.multiprocessing as mp
+
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_agree, args=(str(tmp_path / "init"), results), nprocs=2)
+        assert dict(results) == {0: [None, signal.SIGUSR2], 1: [None, signal.SIGUSR2]}
 
 
 # ---- run bookkeeping

@@ -121,3 +121,93 @@ def test_sweep_runs_as_a_job_array_records_failures_and_skips_complete_points(tm
         assert f"{base / f'seed{seed}'} is complete: skipping" in log, log[-3000:]
         assert (base / f"seed{seed}" / "metrics.json").stat().st_mtime_ns == stamps[seed]
     assert json.loads((base / "seed-1" / "status.json").read_text())["status"] == "failed"
+
+
+# ---- time limit and preemption: a signalled job checkpoints, is requeued, resumes and finishes by itself
+LONG = ["train.max_steps=600", "train.checkpoint_every=0", "train.eval_every=100"]  # ~15-20 s of training
+
+
+def _losses(run):
+    log = run / "log.jsonl"
+    return log.read_text().count('"loss"') if log.exists() else 0
+
+
+def test_usr2_and_requeue_checkpoint_requeue_resume_and_match_an_uninterrupted_run(tmp_path, partition):
+    """seed 0 gets SIGUSR2 (what submitit asks SLURM to send before the time limit) through
+    `scancel --signal=USR2`; seed 1 is requeued by `scontrol requeue` (its tasks get SIGTERM, as on a
+    preemption). Both checkpoint at the next step, say `preempted`, are requeued, resume from the
+    checkpoint and end with exactly the metrics and log of the same runs left alone (local, CPU)."""
+    results = tmp_path / "slurm"
+    cmd = [sys.executable, "train.py", "-m", "hydra/launcher=slurm", "model=tiny_encoder", "task=rotten_tomatoes",
+           "data.max_train_samples=64", "data.max_eval_samples=32", "train.batch_size=16", "device=cpu", *LONG,
+           f"results_dir={results}", f"hydra.launcher.partition={partition}", "hydra.launcher.cpus_per_task=1",
+           "hydra.launcher.timeout_min=15", "seed=0,1"]  # (submitit counts a USR2 within 10 min as a time-out)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    base = results / "rotten_tomatoes" / "tiny_encoder" / "rocoft_row_r3"
+    runs = {seed: base / f"seed{seed}" for seed in (0, 1)}
+    output = (tmp_path / "sweep.out").open("w")  # files, not pipes: a full pipe would block the process
+    sweep = subprocess.Popen(cmd, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT, env=env)
+    seen = {0: set(), 1: set()}
+    jobs, ref = [], None
+    try:
+        deadline = time.time() + 150
+        while time.time() < deadline and not all(_losses(r) >= 40 for r in runs.values()):
+            assert sweep.poll() is None, (tmp_path / "sweep.out").read_text()[-3000:]
+            time.sleep(0.2)
+        assert all(_losses(r) >= 40 for r in runs.values()), "the jobs did not start training in 150 s"
+        jobs = submitit_jobs(results)
+        assert len(jobs) == 2, jobs
+        assert all(_losses(r) < 600 for r in runs.values()), "trained to the end before the signal: raise max_steps"
+        subprocess.run(["scancel", "--signal=USR2", jobs[0]], check=True, timeout=30)
+        subprocess.run(["scontrol", "requeue", jobs[1]], check=True, timeout=30)
+        # the local reference runs meanwhile: same settings, no signal
+        ref = subprocess.Popen([sys.executable, "train.py", "-m", "model=tiny_encoder", "task=rotten_tomatoes",
+                                "data.max_train_samples=64", "data.max_eval_samples=32", "train.batch_size=16",
+                                "device=cpu", *LONG, f"results_dir={tmp_path / 'ref'}", "seed=0,1"],
+                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=(tmp_path / "ref.err").open("w"), env=env)
+        deadline = time.time() + 180
+        while time.time() < deadline and (sweep.poll() is None or ref.poll() is None):
+            for seed, run in runs.items():
+                status = (read_status(run) or {}).get("status")
+                if status:
+                    seen[seed].add(status)
+            time.sleep(0.2)
+        assert sweep.poll() is not None, "the requeued jobs did not finish in 180 s"
+        assert ref.poll() == 0, (tmp_path / "ref.err").read_text()[-3000:]
+    finally:
+        if ref is not None and ref.poll() is None:
+            ref.kill()
+        if sweep.poll() is None:
+            sweep.kill()
+            if jobs:
+                subprocess.run(["scancel", *{j.split("_")[0] for j in jobs}], timeout=30)
+    assert sweep.returncode == 0, (tmp_path / "sweep.out").read_text()[-3000:]
+    assert submitit_jobs(results) == jobs  # requeued under the same job ids, no new submission
+    log = {seed: job_output(results, [job]) for seed, job in zip((0, 1), jobs)}
+    for seed, run in runs.items():
+        assert "preempted" in seen[seed], (seed, seen[seed], log[seed][-3000:])
+        assert "running" in seen[seed] and read_status(run)["status"] == "complete"
+        resumed = re.search(r"Resuming from \S+step_(\d+) \(step (\d+)\)", log[seed])
+        assert resumed and 0 < int(resumed.group(2)) < 600, log[seed][-3000:]
+        ref_run = tmp_path / "ref" / run.relative_to(results)
+        a, b = (json.loads((r / "metrics.json").read_text()) for r in (run, ref_run))
+        assert a["resumed"] and not b["resumed"]
+        for key in ("validation", "test", "validation_history", "steps"):
+            assert a[key] == b[key], (seed, key, a[key], b[key])
+        assert (run / "log.jsonl").read_text() == (ref_run / "log.jsonl").read_text()  # every loss, lr, validation
+    assert "Caught signal SIGUSR2" in log[0] and "Requeued job" in log[0]  # submitit's handler, after the checkpoint
+    errors = {seed: (results / ".submitit" / job / f"{job}_0_log.err").read_text() for seed, job in zip((0, 1), jobs)}
+    assert "stopped by SIGUSR2" in errors[0] and "stopped by SIGTERM" in errors[1]
+    print(f"seed 0 (USR2): {resumed_at(log[0])}; seed 1 (scontrol requeue): {resumed_at(log[1])}")
+
+
+def read_status(run):
+    try:
+        return json.loads((run / "status.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def resumed_at(text):
+    m = re.search(r"Resuming from \S+ \(step (\d+)\)", text)
+    return f"resumed from step {m.group(1)}" if m else "not resumed"
