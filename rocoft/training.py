@@ -36,8 +36,9 @@ from transformers import get_scheduler
 
 from .checkpoint import Checkpointer, Position, Preempted, Resumed, StopSignals
 from .core import RoCoFTSlice
+from .distributed import check_engine, export_slurm_environment
 from .errors import UserError
-from .methods import Method, build_method
+from .methods import Method, build_method, method_class
 from .models import build_model, load_tokenizer
 from .sampling import LengthGroupedBatchSampler, ShuffledBatchSampler, example_lengths, sorted_by_length
 from .tasks import build_task
@@ -45,6 +46,12 @@ from .utils import JsonlLog, peak_memory, reset_peak_memory
 
 
 def build_accelerator(cfg) -> Accelerator:
+    """The run's Accelerator; the tasks of a multi-task SLURM job become the ranks of one run. A method that
+    cannot train under a sharded engine (RoCoFT under FSDP / DeepSpeed) is refused here, before anything runs."""
+    export_slurm_environment()  # SLURM tasks -> RANK, WORLD_SIZE, MASTER_ADDR ... (no-op otherwise)
+    cls = method_class(cfg.method)
+    sharding_ok = cls is None or cls.sharded_engines
+    check_engine(None, cfg.method.name, sharding_ok)  # asked for (accelerate launch --use_fsdp ...): refused first
     device, precision = cfg.device, cfg.train.mixed_precision
     cuda = torch.cuda.is_available()
     if device == "cuda" and not cuda:
@@ -68,9 +75,11 @@ def build_accelerator(cfg) -> Accelerator:
         if importlib.util.find_spec("wandb") is None:
             raise UserError("logger=wandb needs the wandb package: pip install wandb")
         tracker = "wandb"
-    return Accelerator(cpu=device == "cpu" or not cuda, mixed_precision=precision, log_with=tracker,
-                       gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
-                       dataloader_config=DataLoaderConfiguration(split_batches=True))
+    accelerator = Accelerator(cpu=device == "cpu" or not cuda, mixed_precision=precision, log_with=tracker,
+                              gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
+                              dataloader_config=DataLoaderConfiguration(split_batches=True))
+    check_engine(accelerator.distributed_type, cfg.method.name, sharding_ok)
+    return accelerator
 
 
 def no_decay(name: str, param: torch.Tensor, rocoft_values: frozenset[int] = frozenset()) -> bool:

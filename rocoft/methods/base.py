@@ -31,6 +31,9 @@ class Method:
     supported_kinds: tuple[str, ...] = KINDS
     #: training batches :meth:`apply` gets as ``calibration_batches`` (0: none)
     calibration_batches: int = 0
+    #: whether the method trains correctly when Accelerate shards or copies the weights (FSDP, DeepSpeed);
+    #: False: such a run stops with a clear error before training (:func:`rocoft.distributed.check_engine`)
+    sharded_engines: bool = True
 
     def __init__(self, name: str, *, model_cfg, kind: str, seed: int, rank: int | None = None):
         self.name, self.model_cfg, self.kind, self.seed = name, model_cfg, kind, seed
