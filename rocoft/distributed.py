@@ -85,14 +85,12 @@ def sharded_engine(distributed_type, environ=os.environ) -> str | None:
     return None
 
 
-def check_engine(distributed_type, method_name: str, supports_sharding: bool, environ=os.environ) -> None:
-    """Refuse (UserError) a method that cannot train under a sharded engine, before any training step."""
+def check_engine(distributed_type, method_name: str, refused: str | None, environ=os.environ) -> None:
+    """Stop (UserError) a run under a sharded engine when its method gives a reason it cannot train there
+    (``Method.sharded_engines_refused``), before any training step."""
     engine = sharded_engine(distributed_type, environ)
-    if engine is None or supports_sharding:
+    if engine is None or refused is None:
         return
-    raise UserError(f"method={method_name} does not train under {engine}: the engine gathers, shards or copies "
-                    f"the weights whose rows/columns RoCoFT trains in place, so they would silently keep their "
-                    f"pretrained values. Use data parallelism (DDP) instead: `accelerate launch --multi_gpu "
-                    f"--num_processes N train.py ...` (or torchrun, or hydra.launcher.tasks_per_node=N on SLURM), "
-                    f"without --use_fsdp / --use_deepspeed; a full fine-tuning baseline (method=full_ft) may use "
-                    f"FSDP (conf/accelerate/fsdp.yaml).")
+    raise UserError(f"method={method_name} does not run under {engine}: {refused}. Use data parallelism (DDP) "
+                    f"instead: `accelerate launch --multi_gpu --num_processes N train.py ...` (or torchrun, or "
+                    f"hydra.launcher.tasks_per_node=N on SLURM), without --use_fsdp / --use_deepspeed.")

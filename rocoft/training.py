@@ -50,8 +50,8 @@ def build_accelerator(cfg) -> Accelerator:
     cannot train under a sharded engine (RoCoFT under FSDP / DeepSpeed) is refused here, before anything runs."""
     export_slurm_environment()  # SLURM tasks -> RANK, WORLD_SIZE, MASTER_ADDR ... (no-op otherwise)
     cls = method_class(cfg.method)
-    sharding_ok = cls is None or cls.sharded_engines
-    check_engine(None, cfg.method.name, sharding_ok)  # asked for (accelerate launch --use_fsdp ...): refused first
+    refused = None if cls is None else cls.sharded_engines_refused
+    check_engine(None, cfg.method.name, refused)  # asked for (accelerate launch --use_fsdp ...): refused first
     device, precision = cfg.device, cfg.train.mixed_precision
     cuda = torch.cuda.is_available()
     if device == "cuda" and not cuda:
@@ -78,7 +78,7 @@ def build_accelerator(cfg) -> Accelerator:
     accelerator = Accelerator(cpu=device == "cpu" or not cuda, mixed_precision=precision, log_with=tracker,
                               gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
                               dataloader_config=DataLoaderConfiguration(split_batches=True))
-    check_engine(accelerator.distributed_type, cfg.method.name, sharding_ok)
+    check_engine(accelerator.distributed_type, cfg.method.name, refused)
     return accelerator
 
 

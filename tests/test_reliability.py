@@ -147,7 +147,7 @@ def test_rocoft_refuses_a_sharded_engine_before_training(tmp_path):
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     text = out.stdout + out.stderr
     assert out.returncode != 0 and "exitcode: 2" in text, text[-3000:]  # the worker's UserError exit code
-    assert "method=rocoft_col does not train under FSDP" in text and "accelerate launch --multi_gpu" in text, text
+    assert "method=rocoft_col does not run under FSDP" in text and "accelerate launch --multi_gpu" in text, text
     assert not list(tmp_path.rglob("log.jsonl")) and not list(tmp_path.rglob("metrics.json"))
 
 
@@ -156,16 +156,22 @@ def test_sharded_engine_rule():
 
     from rocoft.distributed import check_engine
     from rocoft.errors import UserError
+    from rocoft.methods import method_class
 
+    rocoft = method_class(compose_config(["method=rocoft_random"]).method).sharded_engines_refused
+    full = method_class(compose_config(["method=full_ft"]).method).sharded_engines_refused
+    assert "silently keep their pretrained values" in rocoft and "rank 0's" in full  # no method shards yet
     for engine, name in ((DistributedType.FSDP, "FSDP"), (DistributedType.DEEPSPEED, "DeepSpeed")):
-        with pytest.raises(UserError, match=f"method=rocoft_row does not train under {name}.*--multi_gpu"):
-            check_engine(engine, "rocoft_row", supports_sharding=False, environ={})
-        check_engine(engine, "full_ft", supports_sharding=True, environ={})  # full fine-tuning may shard
+        with pytest.raises(UserError, match=f"method=rocoft_random does not run under {name}.*--multi_gpu"):
+            check_engine(engine, "rocoft_random", rocoft, environ={})
+        with pytest.raises(UserError, match=f"method=full_ft does not run under {name}"):
+            check_engine(engine, "full_ft", full, environ={})
+        check_engine(engine, "some_method", None, environ={})  # a method that says it can shard
     # DeepSpeed is not installed here: its request is refused from the flag `accelerate launch` sets
     with pytest.raises(UserError, match="under DeepSpeed"):
-        check_engine(None, "rocoft_random", supports_sharding=False, environ={"ACCELERATE_USE_DEEPSPEED": "true"})
+        check_engine(None, "rocoft_row", rocoft, environ={"ACCELERATE_USE_DEEPSPEED": "true"})
     for kind in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):  # DDP trains RoCoFT
-        check_engine(kind, "rocoft_row", supports_sharding=False, environ={})
+        check_engine(kind, "rocoft_row", rocoft, environ={})
 
 
 def test_slurm_tasks_become_ranks_of_one_run():
