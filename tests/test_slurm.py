@@ -80,7 +80,8 @@ def submitit_jobs(results):
     """Submitit's job folders so far: <results>/.submitit/<jobid>_<array index> (one per array task), or
     <jobid> (a one-point sweep is a plain job)."""
     folder = results / ".submitit"
-    return sorted(p.name for p in folder.glob("[0-9]*") if p.is_dir()) if folder.is_dir() else []
+    names = {p.name for p in folder.glob("[0-9]*") if p.is_dir()} if folder.is_dir() else set()
+    return sorted(n for n in names if "_" in n or not any(m.startswith(n + "_") for m in names))
 
 
 def job_output(results, jobs):
