@@ -28,6 +28,7 @@ import traceback
 from pathlib import Path
 
 from .checkpoint import Preempted, hand_on
+from .distributed import export_slurm_environment, is_main_process, quiet_other_ranks
 from .errors import UserError
 from .utils import atomic_write_json, atomic_write_text, flat_dict, git_info, package_versions
 
@@ -55,6 +56,9 @@ def changed_settings(run_dir: Path, cfg) -> list[str]:
 
 
 def write_status(run_dir: Path, status: str, **extra) -> None:
+    """``<run>/status.json``; written by the main process only (rank 0 of a multi-process run)."""
+    if not is_main_process():
+        return
     atomic_write_json(run_dir / "status.json", {"status": status, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
                                                 "host": socket.gethostname(), **extra})
 
@@ -131,6 +135,7 @@ def run(cfg) -> dict:
     run_dir = Path(cfg.output_dir)
     accelerator = build_accelerator(cfg)
     main = accelerator.is_main_process
+    accelerator.wait_for_everyone()  # every rank has read the directory (execute's skip/refuse) before rank 0 writes
     if main:
         open_run_dir(run_dir, cfg)
     result = train_and_evaluate(cfg, accelerator, run_dir)
@@ -146,6 +151,8 @@ def run(cfg) -> dict:
 def execute(cfg, multirun: bool = False):
     """Run ``cfg`` unless already complete; returns the main validation metric (for Hydra sweepers)."""
     run_dir = Path(cfg.output_dir)
+    export_slurm_environment()  # one task of a multi-task SLURM job: a rank of one run (no-op otherwise)
+    quiet_other_ranks(run_dir)  # rank 0 alone logs into run_dir
     done = read_json(run_dir / "metrics.json")
     if not cfg.force and (done is not None or (run_dir / "checkpoints").is_dir()):
         changed = changed_settings(run_dir, cfg)
@@ -180,15 +187,18 @@ def execute(cfg, multirun: bool = False):
     except UserError as e:
         print(f"\nerror: {e}", file=sys.stderr)
         if multirun:  # keep the directory: it says why this grid point failed
-            run_dir.mkdir(parents=True, exist_ok=True)
-            write_status(run_dir, "failed", error=str(e), kind="user_error")
+            if is_main_process():
+                run_dir.mkdir(parents=True, exist_ok=True)
+                write_status(run_dir, "failed", error=str(e), kind="user_error")
             return None
-        _remove_partial(run_dir, Path(cfg.results_dir))
+        if is_main_process():
+            _remove_partial(run_dir, Path(cfg.results_dir))
         if run_dir.is_dir():  # kept for its checkpoints: say why it stopped
             write_status(run_dir, "failed", error=str(e), kind="user_error")
         sys.exit(USER_ERROR_EXIT)
     except Exception as e:  # noqa: BLE001 - recorded, then re-raised for single runs
-        run_dir.mkdir(parents=True, exist_ok=True)
+        if is_main_process():
+            run_dir.mkdir(parents=True, exist_ok=True)
         write_status(run_dir, "failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
         if multirun:
             print(f"\nerror in {run_dir}: {type(e).__name__}: {e} (see status.json)", file=sys.stderr)

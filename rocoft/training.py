@@ -37,8 +37,9 @@ from transformers import get_scheduler
 
 from .checkpoint import DEFAULT_STOP_SIGNALS, Checkpointer, Position, Preempted, Resumed, StopSignals
 from .core import RoCoFTSlice
+from .distributed import check_engine, export_slurm_environment
 from .errors import UserError
-from .methods import Method, build_method
+from .methods import Method, build_method, method_class
 from .models import build_model, load_tokenizer
 from .sampling import LengthGroupedBatchSampler, ShuffledBatchSampler, example_lengths, sorted_by_length
 from .tasks import build_task
@@ -46,6 +47,12 @@ from .utils import JsonlLog, flat_dict, peak_memory, reset_peak_memory
 
 
 def build_accelerator(cfg) -> Accelerator:
+    """The run's Accelerator; the tasks of a multi-task SLURM job become the ranks of one run. A method that
+    cannot train under a sharded engine (RoCoFT under FSDP / DeepSpeed) is refused here, before anything runs."""
+    export_slurm_environment()  # SLURM tasks -> RANK, WORLD_SIZE, MASTER_ADDR ... (no-op otherwise)
+    cls = method_class(cfg.method)
+    refused = None if cls is None else cls.sharded_engines_refused
+    check_engine(None, cfg.method.name, refused)  # asked for (accelerate launch --use_fsdp ...): refused first
     device, precision = cfg.device, cfg.train.mixed_precision
     cuda = torch.cuda.is_available()
     if device == "cuda" and not cuda:
@@ -69,10 +76,12 @@ def build_accelerator(cfg) -> Accelerator:
         raise UserError(f"logger={tracker} is not supported; use one of: none, {', '.join(TRACKERS)}")
     if tracker is not None and importlib.util.find_spec(TRACKERS[tracker]) is None:
         raise UserError(f"logger={tracker} needs the {TRACKERS[tracker]} package: pip install {TRACKERS[tracker]}")
-    return Accelerator(cpu=device == "cpu" or not cuda, mixed_precision=precision, log_with=tracker,
-                       project_dir=str(cfg.output_dir) if tracker == "tensorboard" else None,
-                       gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
-                       dataloader_config=DataLoaderConfiguration(split_batches=True))
+    accelerator = Accelerator(cpu=device == "cpu" or not cuda, mixed_precision=precision, log_with=tracker,
+                              project_dir=str(cfg.output_dir) if tracker == "tensorboard" else None,
+                              gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
+                              dataloader_config=DataLoaderConfiguration(split_batches=True))
+    check_engine(accelerator.distributed_type, cfg.method.name, refused)
+    return accelerator
 
 
 TRACKERS = {"wandb": "wandb", "tensorboard": "tensorboard"}  # logger=<name> -> the package it needs

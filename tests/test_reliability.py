@@ -137,6 +137,60 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
         assert a[split]["accuracy"] == pytest.approx(b[split]["accuracy"], abs=1 / 40 + 1e-9)
 
 
+def test_rocoft_refuses_a_sharded_engine_before_training(tmp_path):
+    # `accelerate launch --use_fsdp` as a user types it (on CPU Accelerate cannot shard: the request is refused
+    # from its environment flag before the Accelerator is built; on GPUs from the Accelerator's distributed type)
+    out = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--use_fsdp", "--num_processes", "1",
+                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "train.py",
+                          f"results_dir={tmp_path}", "model=tiny_encoder", "method=rocoft_col", "train.max_steps=2",
+                          "data.max_train_samples=32", "data.max_eval_samples=16", "train.batch_size=16", "device=cpu"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    text = out.stdout + out.stderr
+    assert out.returncode != 0 and "exitcode: 2" in text, text[-3000:]  # the worker's UserError exit code
+    assert "method=rocoft_col does not run under FSDP" in text and "accelerate launch --multi_gpu" in text, text
+    assert not list(tmp_path.rglob("log.jsonl")) and not list(tmp_path.rglob("metrics.json"))
+
+
+def test_sharded_engine_rule():
+    from accelerate.utils import DistributedType
+
+    from rocoft.distributed import check_engine
+    from rocoft.errors import UserError
+    from rocoft.methods import method_class
+
+    rocoft = method_class(compose_config(["method=rocoft_random"]).method).sharded_engines_refused
+    full = method_class(compose_config(["method=full_ft"]).method).sharded_engines_refused
+    assert "silently keep their pretrained values" in rocoft and "rank 0's" in full  # no method shards yet
+    for engine, name in ((DistributedType.FSDP, "FSDP"), (DistributedType.DEEPSPEED, "DeepSpeed")):
+        with pytest.raises(UserError, match=f"method=rocoft_random does not run under {name}.*--multi_gpu"):
+            check_engine(engine, "rocoft_random", rocoft, environ={})
+        with pytest.raises(UserError, match=f"method=full_ft does not run under {name}"):
+            check_engine(engine, "full_ft", full, environ={})
+        check_engine(engine, "some_method", None, environ={})  # a method that says it can shard
+    # DeepSpeed is not installed here: its request is refused from the flag `accelerate launch` sets
+    with pytest.raises(UserError, match="under DeepSpeed"):
+        check_engine(None, "rocoft_row", rocoft, environ={"ACCELERATE_USE_DEEPSPEED": "true"})
+    for kind in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):  # DDP trains RoCoFT
+        check_engine(kind, "rocoft_row", rocoft, environ={})
+
+
+def test_slurm_tasks_become_ranks_of_one_run():
+    from rocoft.distributed import slurm_environment
+
+    step = {"SLURM_JOB_ID": "4242", "SLURM_STEP_NUM_TASKS": "2", "SLURM_PROCID": "1", "SLURM_LOCALID": "1",
+            "SLURM_STEP_NODELIST": "vm", "SLURM_JOB_NODELIST": "vm", "SLURM_NTASKS": "2"}
+    env = slurm_environment(step)
+    assert env == {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
+                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(20000 + 4242 % 40000)}  # one node: loopback
+    multi = {**step, "SLURM_STEP_NUM_TASKS": "8", "SLURM_PROCID": "5", "SLURM_STEP_NODELIST": "gpu[07-08]"}
+    env = slurm_environment(multi)
+    assert (env["MASTER_ADDR"], env["WORLD_SIZE"], env["RANK"], env["LOCAL_WORLD_SIZE"]) == ("gpu07", "8", "5", "4")
+    batch_script = {k: v for k, v in step.items() if not k.startswith("SLURM_STEP")} | {"SLURM_PROCID": "0"}
+    assert slurm_environment(batch_script) is None  # sbatch --ntasks=2 running python itself: no srun step
+    assert slurm_environment({**step, "SLURM_STEP_NUM_TASKS": "1"}) is None
+    assert slurm_environment({**step, "RANK": "0"}) is None  # torchrun / accelerate launch set the ranks
+
+
 # ---- bad input: one clear paragraph, non-zero exit, no traceback, nothing left in results/
 def cli(tmp_path, *args):
     return subprocess.run([sys.executable, "train.py", f"results_dir={tmp_path / 'results'}", "device=cpu", *args],

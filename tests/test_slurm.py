@@ -56,12 +56,15 @@ def partition():
     return name
 
 
-def slurm_sweep(results, partition, *grid, timeout=600):
+SMALL = ["model=tiny_encoder", "task=rotten_tomatoes", "data.max_train_samples=64", "data.max_eval_samples=32",
+         "train.max_steps=3", "train.batch_size=16", "device=cpu"]
+
+
+def slurm_sweep(results, partition, *grid, timeout=600, small=SMALL):
     """`python train.py -m hydra/launcher=slurm ...` as a user types it; cancels its jobs if it hangs."""
-    cmd = [sys.executable, "train.py", "-m", "hydra/launcher=slurm", "model=tiny_encoder", "task=rotten_tomatoes",
-           "data.max_train_samples=64", "data.max_eval_samples=32", "train.max_steps=3", "train.batch_size=16",
-           "device=cpu", f"results_dir={results}", f"hydra.launcher.partition={partition}",
-           "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=10", *grid]
+    cmd = [sys.executable, "train.py", "-m", "hydra/launcher=slurm", *small, f"results_dir={results}",
+           f"hydra.launcher.partition={partition}", "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=10",
+           *grid]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     before = set(submitit_jobs(results))
     try:
@@ -74,9 +77,11 @@ def slurm_sweep(results, partition, *grid, timeout=600):
 
 
 def submitit_jobs(results):
-    """Submitit's job folders (<results>/.submitit/<jobid>_<task>) of the array tasks so far."""
+    """Submitit's job folders so far: <results>/.submitit/<jobid>_<array index> (one per array task), or
+    <jobid> (a one-point sweep is a plain job)."""
     folder = results / ".submitit"
-    return sorted(p.name for p in folder.glob("*_*") if p.is_dir()) if folder.is_dir() else []
+    names = {p.name for p in folder.glob("[0-9]*") if p.is_dir()} if folder.is_dir() else set()
+    return sorted(n for n in names if "_" in n or not any(m.startswith(n + "_") for m in names))
 
 
 def job_output(results, jobs):
@@ -211,3 +216,43 @@ def read_status(run):
 def resumed_at(text):
     m = re.search(r"Resuming from \S+ \(step (\d+)\)", text)
     return f"resumed from step {m.group(1)}" if m else "not resumed"
+
+
+def test_a_job_of_two_tasks_is_one_distributed_run_with_the_metrics_of_one_process(tmp_path, partition):
+    # dropout 0 and no length grouping: the two ranks then compute exactly the slices of one process's batches
+    small = ["model=tiny_encoder", "task=rotten_tomatoes", "data.max_train_samples=64", "data.max_eval_samples=32",
+             "train.max_steps=6", "train.batch_size=16", "dropout=0.0", "train.group_by_length=false", "device=cpu",
+             "seed=0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "train.py", *small, f"results_dir={tmp_path / 'one'}"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert one.returncode == 0, one.stderr[-3000:]
+    t0 = time.time()
+    two = slurm_sweep(tmp_path / "two", partition, "hydra.launcher.tasks_per_node=2", timeout=300, small=small)
+    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+    jobs = submitit_jobs(tmp_path / "two")
+    assert len(jobs) == 1, jobs
+    job = tmp_path / "two" / ".submitit" / jobs[0]
+    assert "#SBATCH --ntasks-per-node=2" in (job / f"{jobs[0]}_submission.sh").read_text()
+    for task in (0, 1):  # both tasks ran the job (one rank each) and finished it
+        assert "Job completed successfully" in (job / f"{jobs[0]}_{task}_log.out").read_text()
+
+    run_one, run_two = (tmp_path / d / "rotten_tomatoes" / "tiny_encoder" / "rocoft_row_r3" / "seed0"
+                        for d in ("one", "two"))
+    a, b = (json.loads((r / "metrics.json").read_text()) for r in (run_one, run_two))
+    assert b["num_processes"] == 2 and a["num_processes"] == 1 and b["steps"] == a["steps"] == 6
+    assert json.loads((run_two / "status.json").read_text())["status"] == "complete"
+    records = [json.loads(line) for line in (run_two / "log.jsonl").read_text().splitlines()]  # every line parses
+    steps = [r["step"] for r in records if "loss" in r]
+    assert steps == list(range(1, 7)), steps  # one writer: each step once, in order
+    assert sum(1 for r in records if r.get("final")) == 2  # validation and test, once each
+    # Hydra's job log in the run directory: rank 0's lines only
+    assert (run_two / "train.log").read_text().count("Job completed successfully") == 1
+
+    # the README's tolerance for several processes: losses to 1e-4 (relative), scores within one example
+    losses = [[r["loss"] for r in map(json.loads, (r / "log.jsonl").read_text().splitlines()) if "loss" in r]
+              for r in (run_one, run_two)]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4, abs=1e-5)
+    for split in ("validation", "test"):
+        assert a[split]["accuracy"] == pytest.approx(b[split]["accuracy"], abs=1 / 32 + 1e-9)
+    print(f"2-task SLURM job: {time.time() - t0:.0f} s; losses {losses[1]}")

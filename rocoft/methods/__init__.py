@@ -30,6 +30,17 @@ def method_arguments(method_cfg) -> dict:
     return {k: v for k, v in plain.items() if k not in MAIN_CONFIG_KEYS}
 
 
+def method_class(method_cfg) -> type | None:
+    """The class ``method_cfg._target_`` names, or None where it names none (:func:`build_method` says why)."""
+    from hydra.utils import get_class
+
+    try:
+        cls = get_class(str(method_cfg.get("_target_")))
+    except Exception:  # noqa: BLE001 - a missing or bad _target_: build_method's clear error comes later
+        return None
+    return cls if isinstance(cls, type) and issubclass(cls, Method) else None
+
+
 def build_method(method_cfg, model_cfg, kind: str, seed: int) -> Method:
     """Instantiate ``method_cfg._target_`` with the config's keys, the model config, the task kind and the seed."""
     args = method_arguments(method_cfg)
@@ -52,4 +63,4 @@ def build_method(method_cfg, model_cfg, kind: str, seed: int) -> Method:
                         f"keys must be that class's keyword arguments, or one of {MAIN_CONFIG_KEYS}.") from None
 
 
-__all__ = ["MAIN_CONFIG_KEYS", "Method", "build_method", "method_arguments"]
+__all__ = ["MAIN_CONFIG_KEYS", "Method", "build_method", "method_arguments", "method_class"]

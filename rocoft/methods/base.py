@@ -31,6 +31,13 @@ class Method:
     supported_kinds: tuple[str, ...] = KINDS
     #: training batches :meth:`apply` gets as ``calibration_batches`` (0: none)
     calibration_batches: int = 0
+    #: why the method cannot run under an engine that shards or copies the weights (FSDP, DeepSpeed), or None
+    #: where it can; such a run stops with this reason before training (:func:`rocoft.distributed.check_engine`).
+    #: No method can yet: checkpoints and artifacts are saved from rank 0's model and optimizer.
+    sharded_engines_refused: str | None = (
+        "the suite saves checkpoints and artifacts from rank 0's model and optimizer, which under a sharded "
+        "engine hold only that rank's shard (saving through accelerator.get_state_dict / save_state is not "
+        "implemented yet)")
 
     def __init__(self, name: str, *, model_cfg, kind: str, seed: int, rank: int | None = None):
         self.name, self.model_cfg, self.kind, self.seed = name, model_cfg, kind, seed

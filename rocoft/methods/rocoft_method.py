@@ -15,6 +15,9 @@ class RoCoFTMethod(Method):
     ``max`` / ``min`` / ``mixed`` selections. ``target_modules=None`` adapts ``model.target_modules``.
     """
 
+    sharded_engines_refused = ("the engine gathers, shards or copies the weights whose rows/columns RoCoFT trains "
+                               "in place, so they would silently keep their pretrained values")
+
     def __init__(self, name: str, *, axis: str = "row", rank: int | None = 3, p: float | None = None,
                  bias: str = "none", selection: str = "first", calibration_batches: int = 0,
                  target_modules: list[str] | str | None = None, master_dtype: str | None = None,
