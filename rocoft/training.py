@@ -16,7 +16,6 @@ Accelerate handles the device, mixed precision, gradient accumulation and multi-
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import math
 import time
@@ -30,7 +29,6 @@ import transformers
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import DataLoaderConfiguration, set_seed
-from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -43,7 +41,8 @@ from .methods import Method, build_method, method_class
 from .models import build_model, load_tokenizer
 from .sampling import LengthGroupedBatchSampler, ShuffledBatchSampler, example_lengths, sorted_by_length
 from .tasks import build_task
-from .utils import JsonlLog, flat_dict, peak_memory, reset_peak_memory
+from .tracking import TRACKERS, start_trackers
+from .utils import JsonlLog, peak_memory, reset_peak_memory
 
 
 def build_accelerator(cfg) -> Accelerator:
@@ -82,29 +81,6 @@ def build_accelerator(cfg) -> Accelerator:
                               dataloader_config=DataLoaderConfiguration(split_batches=True))
     check_engine(accelerator.distributed_type, cfg.method.name, refused)
     return accelerator
-
-
-TRACKERS = {"wandb": "wandb", "tensorboard": "tensorboard"}  # logger=<name> -> the package it needs
-
-
-def wandb_run_id(run_dir: Path) -> str:
-    """A W&B run id fixed by the run directory: a resumed or requeued run logs into the same W&B run."""
-    return "rocoft-" + hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:16]
-
-
-def start_trackers(cfg, accelerator, run_dir: Path) -> None:
-    """Accelerate's tracker for ``logger=wandb`` (one W&B run per run directory, resumed after a requeue;
-    stored under <run>/wandb) or ``logger=tensorboard`` (event files under <run>/tensorboard)."""
-    config = OmegaConf.to_container(cfg, resolve=True)
-    if cfg.logger.name == "wandb":
-        accelerator.init_trackers(cfg.logger.project, config=config, init_kwargs={"wandb": {
-            "dir": str(run_dir), "entity": cfg.logger.entity, "tags": list(cfg.logger.tags),
-            "name": "/".join(run_dir.parts[-4:]), "id": wandb_run_id(run_dir), "resume": "allow"}})
-    elif cfg.logger.name == "tensorboard":
-        # TensorBoard's hparams take scalars only: the config flattened, other values as text
-        flat = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
-                for k, v in flat_dict(config).items()}
-        accelerator.init_trackers(cfg.logger.subdir, config=flat)
 
 
 def no_decay(name: str, param: torch.Tensor, rocoft_values: frozenset[int] = frozenset()) -> bool:

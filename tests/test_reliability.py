@@ -295,7 +295,7 @@ def test_wandb_offline_logging(tmp_path, monkeypatch):
     records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 3] and metrics["steps"] == 3
     # the W&B run id is the run directory's: a second start of the same run (a requeued job) continues it
-    from rocoft.training import wandb_run_id
+    from rocoft.tracking import wandb_run_id
 
     run_id = wandb_run_id(run_dir)
     assert offline[0].name.endswith("-" + run_id)
