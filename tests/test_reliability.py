@@ -58,14 +58,10 @@ def test_sigterm_mid_run_then_resume_gives_the_uninterrupted_metrics(tmp_path, m
     assert a["resumed"] and a["train_time_s"] > before > 0  # the time before the kill counts too
 
 
-def test_sigusr1_checkpoints_then_hands_the_signal_to_the_previous_handler(tmp_path):
-    """Under the SLURM launcher, submitit's SIGUSR1 handler requeues the job: ours must pass it on."""
+def signalled_while_training(tmp_path, signum):
+    """A long tiny run in this process, sent ``signum`` once it has logged 3 losses: the SystemExit it ends with."""
     import threading
 
-    import rocoft.training  # noqa: F401 - the heavy imports done before the signal arrives
-
-    received = []
-    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: received.append(signum))
     cfg = compose_config(small_run_overrides(tmp_path, steps=400, train=96) + [
         "model=tiny_encoder", "train.batch_size=8", "train.checkpoint_every=0"])
     log = tmp_path.joinpath(*RUN, "log.jsonl")
@@ -74,15 +70,25 @@ def test_sigusr1_checkpoints_then_hands_the_signal_to_the_previous_handler(tmp_p
         deadline = time.time() + 120
         while time.time() < deadline and not (log.exists() and log.read_text().count('"loss"') >= 3):
             time.sleep(0.05)
-        os.kill(os.getpid(), signal.SIGUSR1)
+        os.kill(os.getpid(), signum)
 
     threading.Thread(target=send_when_training, daemon=True).start()
+    with pytest.raises(SystemExit) as exit_info:
+        execute(cfg)
+    return exit_info.value
+
+
+def test_sigusr1_checkpoints_then_hands_the_signal_to_the_previous_handler(tmp_path):
+    """Under the SLURM launcher, submitit's SIGUSR1 handler requeues the job: ours must pass it on."""
+    import rocoft.training  # noqa: F401 - the heavy imports done before the signal arrives
+
+    received = []
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: received.append(signum))
     try:
-        with pytest.raises(SystemExit) as exit_info:
-            execute(cfg)
+        exit_info = signalled_while_training(tmp_path, signal.SIGUSR1)
     finally:
         signal.signal(signal.SIGUSR1, previous)
-    assert exit_info.value.code == 128 + signal.SIGUSR1 and received == [signal.SIGUSR1]
+    assert exit_info.code == 128 + signal.SIGUSR1 and received == [signal.SIGUSR1]
     status = json.loads(tmp_path.joinpath(*RUN, "status.json").read_text())
     assert status["status"] == "preempted" and list(tmp_path.joinpath(*RUN, "checkpoints").glob("step_*"))
 
@@ -332,8 +338,6 @@ def test_stop_signal_names():
 def test_usr2_checkpoints_first_then_submitits_handler_requeues_and_exits(tmp_path):
     """Under SLURM, submitit's USR2 handler requeues the job and raises SystemExit(-1): the loop must see
     USR2 first (checkpoint at the next step), then hand it on; status.json says preempted."""
-    import threading
-
     import rocoft.training  # noqa: F401 - the heavy imports done before the signal arrives
 
     received = []
@@ -343,24 +347,12 @@ def test_usr2_checkpoints_first_then_submitits_handler_requeues_and_exits(tmp_pa
         sys.exit(-1)
 
     previous = signal.signal(signal.SIGUSR2, submitit_like)
-    cfg = compose_config(small_run_overrides(tmp_path, steps=400, train=96) + [
-        "model=tiny_encoder", "train.batch_size=8", "train.checkpoint_every=0"])
-    log = tmp_path.joinpath(*RUN, "log.jsonl")
-
-    def send_when_training():
-        deadline = time.time() + 120
-        while time.time() < deadline and not (log.exists() and log.read_text().count('"loss"') >= 3):
-            time.sleep(0.05)
-        os.kill(os.getpid(), signal.SIGUSR2)
-
-    threading.Thread(target=send_when_training, daemon=True).start()
     try:
-        with pytest.raises(SystemExit) as exit_info:
-            execute(cfg)
+        exit_info = signalled_while_training(tmp_path, signal.SIGUSR2)
     finally:
         assert signal.getsignal(signal.SIGUSR2) is submitit_like  # put back after the loop
         signal.signal(signal.SIGUSR2, previous)
-    assert exit_info.value.code == -1 and received == [signal.SIGUSR2]
+    assert exit_info.code == -1 and received == [signal.SIGUSR2]
     status = json.loads(tmp_path.joinpath(*RUN, "status.json").read_text())
     assert status["status"] == "preempted" and status["signal"] == "SIGUSR2", status
     assert tmp_path.joinpath(*RUN, "checkpoints", f"step_{status['step']}").is_dir()
