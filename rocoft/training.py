@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from .checkpoint import DEFAULT_STOP_SIGNALS, Checkpointer, Position, Preempted, Resumed, StopSignals
+from .checkpoint import Checkpointer, Position, Preempted, Resumed, StopSignals
 from .core import RoCoFTSlice
 from .distributed import check_engine, export_slurm_environment
 from .errors import UserError
@@ -357,7 +357,7 @@ def train_and_evaluate(cfg, accelerator: Accelerator, run_dir: Path) -> Result:
     log = JsonlLog(run_dir / "log.jsonl", enabled=main, keep_until_step=position.step if resumed else None)
     # the stop signals are the loop's from here to the end of the final evaluation (under SLURM, submitit's
     # handlers hold them before and after)
-    with StopSignals(cfg.train.get("stop_signals", DEFAULT_STOP_SIGNALS), device=accelerator.device) as stop:
+    with StopSignals(cfg.train.stop_signals, device=accelerator.device) as stop:
         position = fit(cfg, accelerator, data, trainee, position, log, checkpointer, clock, stop)
         train_time = clock.training()
         done = position
