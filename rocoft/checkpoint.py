@@ -179,8 +179,12 @@ class Resumed:
 
 
 class Checkpointer:
-    def __init__(self, directory: Path, keep: int = 2, enabled: bool = True):
-        self.dir, self.keep, self.enabled = Path(directory), max(1, int(keep)), enabled
+    """``sharded``: the model is sharded across processes (FSDP2); every rank then calls :meth:`save` and
+    :meth:`load_latest` (collectives) and writes its own shards and RNG states (:mod:`rocoft.sharded`);
+    otherwise only the main process writes (``enabled``)."""
+
+    def __init__(self, directory: Path, keep: int = 2, enabled: bool = True, sharded: bool = False):
+        self.dir, self.keep, self.enabled, self.sharded = Path(directory), max(1, int(keep)), enabled, sharded
 
     def checkpoints(self) -> list[Path]:
         found = [p for p in self.dir.glob("step_*") if (p / "state.json").is_file()]
@@ -189,14 +193,20 @@ class Checkpointer:
     def save(self, model, optimizer, scheduler, position: Position, method_state: dict | None = None) -> Path | None:
         if not self.enabled:
             return None
+        if self.sharded:
+            return self._save_sharded(model, optimizer, scheduler, position, method_state)
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=self.dir, prefix=".tmp-"))
         torch.save(trainable_state(model), tmp / "trainable.pt")
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
                    tmp / "training_state.pt")
+        return self._finish(tmp, position, method_state)
+
+    def _finish(self, tmp: Path, position: Position, method_state) -> Path:
+        """Main process: the method state and ``state.json`` (last: marks a complete folder), then the rename."""
         if method_state is not None:
             torch.save(method_state, tmp / "method_state.pt")
-        (tmp / "state.json").write_text(json.dumps(asdict(position)))  # written last: marks a complete folder
+        (tmp / "state.json").write_text(json.dumps(asdict(position)))
         target = self.dir / f"step_{position.step}"
         if target.exists():
             shutil.rmtree(target)
@@ -205,11 +215,40 @@ class Checkpointer:
             shutil.rmtree(old, ignore_errors=True)
         return target
 
+    def _save_sharded(self, model, optimizer, scheduler, position: Position, method_state) -> Path:
+        from . import sharded
+
+        main = sharded.rank() == 0
+        tmp = [None]
+        if main:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            tmp = [str(tempfile.mkdtemp(dir=self.dir, prefix=".tmp-"))]
+        if torch.distributed.is_initialized():
+            torch.distributed.broadcast_object_list(tmp, src=0)
+        tmp = Path(tmp[0])
+        sharded.save_sharded(tmp, model, optimizer)  # every rank its shards
+        torch.save(rng_state(), sharded.rng_file(tmp))
+        if main:
+            torch.save({"scheduler": scheduler.state_dict()}, tmp / "training_state.pt")
+        sharded.barrier()  # every rank's files are in place before the folder is marked complete
+        target = self._finish(tmp, position, method_state) if main else self.dir / f"step_{position.step}"
+        sharded.barrier()
+        return target
+
     def load_latest(self, model, optimizer, scheduler) -> Resumed | None:
         found = self.checkpoints()
         if not found:
             return None
         path = found[-1]
+        if self.sharded:
+            from . import sharded
+
+            sharded.load_sharded(path, model, optimizer)
+            scheduler.load_state_dict(torch.load(path / "training_state.pt", weights_only=False)["scheduler"])
+            set_rng_state(torch.load(sharded.rng_file(path), weights_only=False))
+            method_state = (torch.load(path / "method_state.pt", weights_only=False)
+                            if (path / "method_state.pt").is_file() else None)
+            return Resumed(Position.from_json((path / "state.json").read_text()), path, method_state)
         state = upgrade_names(torch.load(path / "trainable.pt", weights_only=False))
         result = model.load_state_dict(state, strict=False)
         if result.unexpected_keys:

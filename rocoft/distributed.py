@@ -86,11 +86,31 @@ def sharded_engine(distributed_type, environ=os.environ) -> str | None:
 
 
 def check_engine(distributed_type, method_name: str, refused: str | None, environ=os.environ) -> None:
-    """Stop (UserError) a run under a sharded engine when its method gives a reason it cannot train there
-    (``Method.sharded_engines_refused``), before any training step."""
+    """Stop (UserError), before any training step, a run under an engine the suite cannot save or train under:
+
+    - DeepSpeed, for every method (its ZeRO states are not saved by the suite);
+    - FSDP for a method that gives a reason it cannot shard (``Method.sharded_engines_refused``: all but
+      full fine-tuning), and FSDP version 1 for any method (the suite saves through FSDP2's DTensors);
+    - FSDP asked for (``accelerate launch --use_fsdp``) where Accelerate cannot shard (CPU: it would silently
+      run plain data parallelism). ``distributed_type`` None: the Accelerator is not built yet (the request
+      is judged from the environment ``accelerate launch`` sets)."""
+    from accelerate.utils import DistributedType
+
     engine = sharded_engine(distributed_type, environ)
-    if engine is None or refused is None:
+    ddp = ("Use data parallelism (DDP) instead: `accelerate launch --multi_gpu --num_processes N train.py ...` "
+           "(or torchrun, or hydra.launcher.tasks_per_node=N on SLURM), without --use_fsdp / --use_deepspeed.")
+    if engine == "DeepSpeed":
+        raise UserError(f"method={method_name} does not run under DeepSpeed: the suite does not save ZeRO's "
+                        f"sharded states. {ddp} Full fine-tuning of large models: FSDP2 "
+                        f"(accelerate launch --config_file conf/accelerate/fsdp.yaml train.py method=full_ft ...).")
+    if engine is None:
         return
-    raise UserError(f"method={method_name} does not run under {engine}: {refused}. Use data parallelism (DDP) "
-                    f"instead: `accelerate launch --multi_gpu --num_processes N train.py ...` (or torchrun, or "
-                    f"hydra.launcher.tasks_per_node=N on SLURM), without --use_fsdp / --use_deepspeed.")
+    if refused is not None:
+        raise UserError(f"method={method_name} does not run under FSDP: {refused}. {ddp}")
+    version = str(environ.get("FSDP_VERSION", "1"))
+    if version != "2":
+        raise UserError(f"method={method_name} runs under FSDP version 2 only (asked: version {version}); "
+                        f"use conf/accelerate/fsdp.yaml or `accelerate launch --use_fsdp --fsdp_version 2`.")
+    if distributed_type is not None and distributed_type != DistributedType.FSDP:
+        raise UserError(f"FSDP was asked for, but Accelerate runs this job as {distributed_type.value} (FSDP needs "
+                        f"GPUs; on CPU it would silently train unsharded). Drop --use_fsdp, or run on GPUs.")

@@ -140,6 +140,7 @@ def run(cfg) -> dict:
         open_run_dir(run_dir, cfg)
     result = train_and_evaluate(cfg, accelerator, run_dir)
     metrics = {**result.metrics, "metrics_format": METRICS_FORMAT, "git": git_info(), "versions": package_versions()}
+    result.method.gather(result.model)  # every rank: a sharded (FSDP) model is collected on rank 0 to be saved
     if main:
         close_run_dir(run_dir, cfg, result, metrics)
         print_summary(metrics, run_dir)

@@ -40,6 +40,7 @@ from .errors import UserError
 from .methods import Method, build_method, method_class
 from .models import build_model, load_tokenizer
 from .sampling import LengthGroupedBatchSampler, ShuffledBatchSampler, example_lengths, sorted_by_length
+from .sharded import is_sharded
 from .tasks import build_task
 from .tracking import TRACKERS, start_trackers
 from .utils import JsonlLog, peak_memory, reset_peak_memory
@@ -350,7 +351,9 @@ def train_and_evaluate(cfg, accelerator: Accelerator, run_dir: Path) -> Result:
     start_trackers(cfg, accelerator, run_dir)
     data = setup_data(cfg, accelerator)
     trainee = setup_model(cfg, data, accelerator)
-    checkpointer = Checkpointer(run_dir / "checkpoints", keep=cfg.train.keep_checkpoints, enabled=main)
+    sharded = is_sharded(trainee.model)  # FSDP: every rank writes its shards of each checkpoint
+    checkpointer = Checkpointer(run_dir / "checkpoints", keep=cfg.train.keep_checkpoints, enabled=main or sharded,
+                                sharded=sharded)
     resumed = resume(cfg, trainee, checkpointer, accelerator)
     position = resumed.position if resumed else Position()
     clock.earlier = position.elapsed  # time and memory of the run before its last resume

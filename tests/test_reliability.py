@@ -165,14 +165,14 @@ def test_sharded_engine_rule():
     from rocoft.methods import method_class
 
     rocoft = method_class(compose_config(["method=rocoft_random"]).method).sharded_engines_refused
+    lora = method_class(compose_config(["method=lora"]).method).sharded_engines_refused
     full = method_class(compose_config(["method=full_ft"]).method).sharded_engines_refused
-    assert "silently keep their pretrained values" in rocoft and "rank 0's" in full  # no method shards yet
-    for engine, name in ((DistributedType.FSDP, "FSDP"), (DistributedType.DEEPSPEED, "DeepSpeed")):
-        with pytest.raises(UserError, match=f"method=rocoft_random does not run under {name}.*--multi_gpu"):
-            check_engine(engine, "rocoft_random", rocoft, environ={})
-        with pytest.raises(UserError, match=f"method=full_ft does not run under {name}"):
-            check_engine(engine, "full_ft", full, environ={})
-        check_engine(engine, "some_method", None, environ={})  # a method that says it can shard
+    assert "silently keep their pretrained values" in rocoft and "rank 0's" in lora and full is None
+    for name, refused in (("rocoft_random", rocoft), ("lora", lora)):
+        with pytest.raises(UserError, match=f"method={name} does not run under FSDP.*--multi_gpu"):
+            check_engine(DistributedType.FSDP, name, refused, environ={"FSDP_VERSION": "2"})
+        with pytest.raises(UserError, match=f"method={name} does not run under DeepSpeed"):
+            check_engine(DistributedType.DEEPSPEED, name, refused, environ={})
     # DeepSpeed is not installed here: its request is refused from the flag `accelerate launch` sets
     with pytest.raises(UserError, match="under DeepSpeed"):
         check_engine(None, "rocoft_row", rocoft, environ={"ACCELERATE_USE_DEEPSPEED": "true"})

@@ -33,11 +33,10 @@ class Method:
     calibration_batches: int = 0
     #: why the method cannot run under an engine that shards or copies the weights (FSDP, DeepSpeed), or None
     #: where it can; such a run stops with this reason before training (:func:`rocoft.distributed.check_engine`).
-    #: No method can yet: checkpoints and artifacts are saved from rank 0's model and optimizer.
+    #: Only full fine-tuning can (FSDP2): the others' artifacts are saved from rank 0's trainable tensors.
     sharded_engines_refused: str | None = (
-        "the suite saves checkpoints and artifacts from rank 0's model and optimizer, which under a sharded "
-        "engine hold only that rank's shard (saving through accelerator.get_state_dict / save_state is not "
-        "implemented yet)")
+        "its artifact is saved from rank 0's trainable tensors, which under a sharded engine hold only that "
+        "rank's shard; only method=full_ft is supported under FSDP")
 
     def __init__(self, name: str, *, model_cfg, kind: str, seed: int, rank: int | None = None):
         self.name, self.model_cfg, self.kind, self.seed = name, model_cfg, kind, seed
@@ -74,6 +73,10 @@ class Method:
                 m.requires_grad_(True)
 
     # ---- artifacts: by default the trainable tensors (small methods); override for others
+    def gather(self, model: nn.Module) -> None:
+        """Called on every process before the main one calls :meth:`save`: a method whose model may be
+        sharded (FSDP) collects it here (a collective); others need nothing."""
+
     def save(self, model: nn.Module, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         state = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}

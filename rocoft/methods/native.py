@@ -10,14 +10,25 @@ from .base import Method, freeze, is_norm, require_trainable
 
 
 class FullFT(Method):
-    """Every parameter trains. Its artifact is the whole model (``save_pretrained``)."""
+    """Every parameter trains. Its artifact is the whole model (``save_pretrained``).
+
+    The one method that runs under FSDP (``conf/accelerate/fsdp.yaml``): its checkpoints go through
+    :mod:`rocoft.sharded`, and :meth:`gather` collects the sharded model on rank 0 before :meth:`save`."""
+
+    sharded_engines_refused = None
+    _gathered: dict | None = None
 
     def apply(self, model, **_):
         model.requires_grad_(True)
         return model
 
+    def gather(self, model: nn.Module) -> None:
+        from ..sharded import full_model_state, is_sharded
+
+        self._gathered = full_model_state(model) if is_sharded(model) else None
+
     def save(self, model: nn.Module, directory: Path) -> None:
-        model.save_pretrained(directory)
+        model.save_pretrained(directory, state_dict=self._gathered)
 
     def load(self, base, directory):
         return type(base).from_pretrained(directory)
