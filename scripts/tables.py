@@ -8,10 +8,15 @@ Run from the repository root with the virtualenv active (``. .venv/bin/activate`
     python scripts/tables.py --format md csv --split validation
     python scripts/tables.py --table 1 --rank lora=8 adalora=8   # which suite rank a rank-less paper row uses
 
-Scans ``--results`` recursively for run directories (any directory with ``metrics.json`` or
-``status.json``); unfinished (no metrics.json), failed (status.json "failed") and corrupt (unreadable
-metrics.json) directories are listed and skipped. Seeds of one (model, task, method, rank, variant) are
-aggregated as mean ± sample std (n). Each paper table keeps the paper's rows and columns, each cell showing
+Scans ``--results`` recursively for run directories (any directory with ``metrics.json``, ``status.json``
+or Hydra's ``.hydra/``); unfinished (no metrics.json, including folders killed at start-up with only
+``.hydra/`` and ``train.log``), failed (status.json "failed", no metrics.json) and corrupt (unreadable
+metrics.json) directories are listed and skipped; a run with metrics.json whose status.json says failed is
+used, listed with a warning and its seed marked †. Seeds of one (model, task, method, rank, variant) are
+aggregated as mean ± sample std (n); the variant names the settings that differ between runs' config.yaml
+(e.g. ``train.lr=0.001`` for a ``.../lr${train.lr}/seed${seed}`` layout), so only the same settings and seed
+twice is a duplicate. A seed whose score is NaN is left out of the mean and n, and the cell says so:
+``(n=2; 1 NaN)``. Each paper table keeps the paper's rows and columns, each cell showing
 ``paper vs suite mean ± std (n); Δ suite - paper`` (``-`` where the suite has not run the cell).
 
 Writes under ``--out``: ``table<N>.md/.tex/.csv`` (N in 1 2 4 5 6 7 8 11 12 13), ``suite.md/.tex/.csv``,

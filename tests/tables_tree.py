@@ -12,13 +12,16 @@ KINDS = {"boolq": "instruction", "squad": "question_answering"}
 
 def write_run(root, model, task, method, rank, seed, split_metrics, *, selection=None, task_selection=None,
               p=None, trainable=1000, without_head=100, additional=0, train_time=10.0, memory=500.0,
-              subdir="", main_metric=None, metrics_format=None, labels=None, config=True, kind=None):
+              subdir="", main_metric=None, metrics_format=None, labels=None, config=True, kind=None,
+              train=None, leaf=""):
     """One run directory. ``metrics_format=None`` writes a format-1 file (the previous version's: no
-    "metrics_format" key); ``labels`` = {"method": ..., "model": ...} as a new run's config.yaml carries them."""
+    "metrics_format" key); ``labels`` = {"method": ..., "model": ...} as a new run's config.yaml carries them;
+    ``train`` = the config's train settings (e.g. {"lr": 1e-3}); ``leaf`` = a folder between the method tag
+    and ``seed<N>`` (the ``lr${train.lr}`` layout of a swept setting)."""
     tag = method if rank is None else f"{method}_r{rank}"
     if p is not None:
         tag = f"{method}_p{p}"
-    run_dir = Path(root) / subdir / task / model / tag / f"seed{seed}"
+    run_dir = Path(root) / subdir / task / model / tag / leaf / f"seed{seed}"
     run_dir.mkdir(parents=True)
     kind = kind or KINDS.get(task, "classification")
     method_cfg = {"name": method, "kind": "rocoft" if method.startswith("rocoft") else "peft", "tag": tag,
@@ -35,7 +38,8 @@ def write_run(root, model, task, method, rank, seed, split_metrics, *, selection
     if task_selection is not None:
         task_cfg["rocoft"] = {"bias": "none", "selection": task_selection}
     if config:
-        cfg = {"model": model_cfg, "task": task_cfg, "method": method_cfg, "rank": rank, "seed": seed}
+        cfg = {"model": model_cfg, "task": task_cfg, "method": method_cfg, "rank": rank, "seed": seed,
+               "output_dir": str(run_dir), "train": {"lr": 5e-3, "log_every": 1, **(train or {})}}
         (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
     (run_dir / "train.log").write_text("")
     metrics = {"model": model, "task": task, "method": method, "rank": rank, "seed": seed,
@@ -50,6 +54,20 @@ def write_run(root, model, task, method, rank, seed, split_metrics, *, selection
         metrics["metrics_format"] = metrics_format
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return run_dir
+
+
+def write_killed_at_startup(job_dir, cfg: dict, cwd) -> Path:
+    """A Hydra job folder of a process killed while it started (before the run wrote config.yaml): what
+    Hydra writes first, ``.hydra/{config,hydra,overrides}.yaml`` (``config.yaml`` unresolved: ``output_dir``
+    may be an interpolation, relative to ``hydra.runtime.cwd``) and an empty ``train.log``."""
+    job_dir = Path(job_dir)
+    (job_dir / ".hydra").mkdir(parents=True)
+    (job_dir / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (job_dir / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(
+        {"hydra": {"mode": "MULTIRUN", "runtime": {"cwd": str(cwd), "output_dir": str(job_dir)}}}))
+    (job_dir / ".hydra" / "overrides.yaml").write_text("[]\n")
+    (job_dir / "train.log").write_text("")
+    return job_dir
 
 
 SST2_LORA = [0.9350, 0.9420]                    # 2 seeds: LoRA r=8, RoBERTa-base SST-2

@@ -2,11 +2,14 @@
 labels from the configs, seed aggregation."""
 
 import json
+import math
+import os
 
 import numpy as np
 import pandas as pd
 import pytest
-from tables_tree import MRPC_ROW3, N_RUNS, SST2_LORA, SST2_ROW3, build_tree, mean_std, write_run
+from tables_tree import (MRPC_ROW3, N_RUNS, SST2_LORA, SST2_ROW3, build_tree, mean_std, write_killed_at_startup,
+                         write_run)
 
 from rocoft import reporting as rp
 from rocoft.metrics import UNSCALED
@@ -179,3 +182,120 @@ def test_real_tiny_runs_are_read(tmp_path):
     suite = rp.render_suite_table(frame)[0]
     assert suite.rows[0][:4] == ["RoCoFT column", "1", "2", "0,1"]
     assert isinstance(frame, pd.DataFrame) and set(runs.method_label) == {"RoCoFT column"}
+
+
+def _suite_row(frame, method):
+    table = rp.render_suite_table(frame)[0]
+    rows = [dict(zip(table.header, r)) for r in table.rows if r is not None and r[0] == rp.method_label(method)]
+    return rows
+
+
+def test_nan_seed_counts_out_of_n_and_is_marked(tmp_path):
+    """A seed whose score is NaN (json's NaN) or null: the mean and std are over the finite seeds, n counts
+    those only, and the cell says how many seeds had no number; a cell of NaNs only reads NaN, not '-'."""
+    accs = [0.90, math.nan, 0.80]
+    for seed, acc in enumerate(accs):
+        write_run(tmp_path, "tiny_encoder", "sst2", "lora", 8, seed, {"validation": {"accuracy": acc}})
+    for seed in (0, 1):
+        write_run(tmp_path, "tiny_encoder", "sst2", "bitfit", None, seed, {"validation": {"accuracy": None}})
+    assert "NaN" in (tmp_path / "sst2/tiny_encoder/lora_r8/seed1/metrics.json").read_text()
+    frame, issues = rp.scan_results(tmp_path)
+    assert issues == []
+    (lora,) = _suite_row(frame, "lora")
+    assert lora["n"] == "3" and lora["Seeds"] == "0,1,2"          # three runs ...
+    assert lora["Accuracy (validation)"].strip("*").endswith("(n=2; 1 NaN)")   # ... the mean of two, said
+    (bitfit,) = _suite_row(frame, "bitfit")
+    assert bitfit["Accuracy (validation)"] == "NaN (n=0; 2 NaN)"
+    c = rp.cells(frame)[("tiny_encoder", "sst2", "lora", 8, "", "accuracy")]
+    finite = 100 * np.array([0.90, 0.80])
+    assert (c.n, c.n_nan) == (2, 1)
+    assert c.mean == pytest.approx(finite.mean()) and c.std == pytest.approx(finite.std(ddof=1))
+    assert rp.fmt_cell(c) == f"{finite.mean():.2f} ± {finite.std(ddof=1):.2f} (n=2; 1 NaN)"
+
+
+def test_swept_setting_folders_are_separate_cells_not_duplicates(tmp_path):
+    """Runs of one method that differ in a setting (the lr${train.lr} layout the refusal message recommends)
+    are separate cells named by that setting; only the same settings and seed twice is a duplicate. Settings
+    that do not change what a run computes (rocoft.runs.NEUTRAL: log_every, output_dir) do not split."""
+    accs = {1e-3: [0.81, 0.83], 1e-2: [0.71, 0.75]}
+    for lr, values in accs.items():
+        for seed, acc in enumerate(values):
+            write_run(tmp_path, "tiny_encoder", "sst2", "lora", 8, seed, {"validation": {"accuracy": acc}},
+                      train={"lr": lr, "log_every": 1 + seed}, leaf=f"lr{lr}")
+    old = write_run(tmp_path, "tiny_encoder", "sst2", "lora", 8, 0, {"validation": {"accuracy": 0.5}},
+                    train={"lr": 1e-3}, leaf="lr0.001", subdir="copy")
+    os.utime(old / "metrics.json", (1, 1))                                # the older copy of lr=1e-3, seed 0
+    frame, issues = rp.scan_results(tmp_path)
+    assert [(i.path, i.status) for i in issues] == [(old, "duplicate")]
+    cells = rp.cells(frame)
+    for lr, values in accs.items():
+        m, s, n = mean_std(values)
+        c = cells[("tiny_encoder", "sst2", "lora", 8, f"train.lr={lr:g}", "accuracy")]
+        assert (c.n, c.mean, c.std) == (n, pytest.approx(m), pytest.approx(s))
+    rows = _suite_row(frame, "lora")
+    assert sorted(r["Variant"] for r in rows) == ["train.lr=0.001", "train.lr=0.01"]
+    assert all(r["n"] == "2" for r in rows)
+
+
+def test_failed_status_with_metrics_is_used_and_marked(tmp_path):
+    """metrics.json is written last, so a run with it finished its evaluation; when status.json says failed
+    (an error after that), train.py skips the run as complete: the tables use its numbers, mark its seed with
+    † and list it with the error."""
+    for seed, acc in enumerate([0.9, 0.8]):
+        write_run(tmp_path, "tiny_encoder", "sst2", "lora", 8, seed, {"validation": {"accuracy": acc}})
+    failed = tmp_path / "sst2/tiny_encoder/lora_r8/seed1"
+    (failed / "status.json").write_text(json.dumps({"status": "failed", "error": "RuntimeError: tracker down"}))
+    frame, issues = rp.scan_results(tmp_path)
+    assert [(i.path, i.status) for i in issues] == [(failed, "warning")]
+    assert "failed" in issues[0].detail and "tracker down" in issues[0].detail
+    runs = rp.run_table(frame).set_index("seed")
+    assert runs.loc[1, "status"] == "failed" and runs.loc[0, "status"] == "complete"
+    assert rp.cells(frame)[("tiny_encoder", "sst2", "lora", 8, "", "accuracy")].n == 2
+    (lora,) = _suite_row(frame, "lora")
+    assert lora["Seeds"] == "0,1†"
+
+
+def test_folders_killed_at_startup_are_unfinished(tmp_path):
+    """A process killed while it starts leaves Hydra's folder only (.hydra/ and train.log): listed as
+    unfinished. A multirun's Hydra job folder whose run lives elsewhere (output_dir=...lr${train.lr}/seed${seed})
+    is not a run: silent when that run directory exists, unfinished (naming it) when it was never created."""
+    single = tmp_path / "sst2/tiny_encoder/lora_r8/seed0"
+    write_killed_at_startup(single, {"seed": 0, "output_dir": str(single)}, cwd=tmp_path)
+    layout = "${results_dir}/${task.name}/${model.name}/${method.tag}/lr${train.lr}/seed${seed}"
+    base = {"results_dir": "results", "task": {"name": "sst2"}, "model": {"name": "tiny_encoder"},
+            "method": {"tag": "lora_r8"}, "train": {"lr": 0.005}, "output_dir": layout}
+    done = write_run(tmp_path / "results", "tiny_encoder", "sst2", "lora", 8, 1, {"validation": {"accuracy": 0.9}},
+                     leaf="lr0.005")
+    write_killed_at_startup(tmp_path / "results/sst2/tiny_encoder/lora_r8/seed1", {**base, "seed": 1}, cwd=tmp_path)
+    write_killed_at_startup(tmp_path / "results/sst2/tiny_encoder/lora_r8/seed2", {**base, "seed": 2}, cwd=tmp_path)
+    frame, issues = rp.scan_results(tmp_path)
+    assert rp.run_table(frame).run.tolist() == [str(done)]
+    found = {i.path.relative_to(tmp_path).as_posix(): i for i in issues}
+    assert set(found) == {"sst2/tiny_encoder/lora_r8/seed0", "results/sst2/tiny_encoder/lora_r8/seed2"}
+    assert all(i.status == "unfinished" for i in issues)
+    assert "killed at start-up" in found["sst2/tiny_encoder/lora_r8/seed0"].detail
+    assert str(tmp_path / "results/sst2/tiny_encoder/lora_r8/lr0.005/seed2") in \
+        found["results/sst2/tiny_encoder/lora_r8/seed2"].detail
+
+
+def test_real_lr_sweep_in_the_recommended_layout(tmp_path):
+    """Real (2-step) runs in the layout train.py's refusal message recommends for a swept setting: one cell
+    per learning rate, named by it; their config.yaml differ in nothing else but the seed and output_dir."""
+    from conftest import compose_config, small_run_overrides
+
+    from rocoft.runs import run
+
+    layout = "output_dir=${results_dir}/${task.name}/${model.name}/${method.tag}/lr${train.lr}/seed${seed}"
+    written = {(lr, seed): run(compose_config(["model=tiny_encoder", "method=rocoft_col", "rank=1", f"seed={seed}",
+                                               f"train.lr={lr}", layout,
+                                               *small_run_overrides(tmp_path, steps=2, train=32, evals=16)]))
+               for lr in (0.001, 0.05) for seed in (0, 1)}
+    assert (tmp_path / "rotten_tomatoes/tiny_encoder/rocoft_col_r1/lr0.05/seed1/metrics.json").is_file()
+    frame, issues = rp.scan_results(tmp_path)
+    assert issues == []
+    cells = rp.cells(frame)
+    assert {k[4] for k in cells} == {"train.lr=0.001", "train.lr=0.05"}
+    for lr in (0.001, 0.05):
+        c = cells[("tiny_encoder", "rotten_tomatoes", "rocoft_col", 1, f"train.lr={lr:g}", "accuracy")]
+        m, s, n = mean_std([written[(lr, seed)]["test"]["accuracy"] for seed in (0, 1)])
+        assert (c.n, c.mean, c.std) == (n, pytest.approx(m), pytest.approx(s))

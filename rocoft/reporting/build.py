@@ -22,7 +22,8 @@ def issues_markdown(issues: list[Issue], root: Path | None = None, limit: int = 
     if not issues:
         return ""
     counts = Counter(i.status for i in issues)
-    lines = ["### Run directories not used (" + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ")", ""]
+    counted = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    lines = [f"### Run directories not used, or used with a warning ({counted})", ""]
     lines += [f"- {i.line(root)}" for i in issues[:limit]]
     if len(issues) > limit:
         lines.append(f"- ... and {len(issues) - limit} more (see issues.csv)")

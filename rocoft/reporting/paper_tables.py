@@ -185,7 +185,7 @@ def _text(c) -> str:
     elif metric == "avg_main":
         stext = f"{fmt_num(mean, dec)} (n≥{int(c.n)})"
     else:
-        stext = fmt_cell(Cell(int(c.n), mean, std, c.lo, c.hi, c.fmean, c.fstd), dec, metric)
+        stext = fmt_cell(Cell(int(c.n), mean, std, c.lo, c.hi, c.fmean, c.fstd, int(c.n_nan)), dec, metric)
     return f"{ptext} vs {stext}; Δ {fmt_diff(mean - float(c.value), dec, metric)}"
 
 

@@ -28,14 +28,18 @@ def fmt_num(v: float | None, decimals: int = 2, metric: str = "") -> str:
 
 
 def fmt_cell(c, decimals: int = 2, metric: str = "", show_n: bool = True) -> str:
-    """``93.12 ± 0.41 (n=3)``; one seed: ``93.12 (n=1)``; nothing: ``-``. ``c`` has ``mean``, ``std``, ``n``."""
+    """``93.12 ± 0.41 (n=3)``; one seed: ``93.12 (n=1)``; nothing: ``-``. ``c`` has ``mean``, ``std``, ``n``
+    and optionally ``n_nan``: seeds without a number (NaN), outside the mean and n, are always said:
+    ``93.12 ± 0.41 (n=2; 1 NaN)`` (``(1 NaN)`` without n), and a cell of NaNs only is ``NaN (n=0; 2 NaN)``."""
     if c is None:
         return "-"
-    text = fmt_num(c.mean, decimals, metric)
+    n_nan = int(getattr(c, "n_nan", 0) or 0)
+    text = fmt_num(c.mean, decimals, metric) if c.n else "NaN"
     if c.n > 1:
         text += f" ± {c.std:.0f} s" if metric == "train_time_s" else f" ± {c.std:.{decimals}f}"
-    if show_n:
-        text += f" (n={c.n})"
+    said = ([f"n={c.n}"] if show_n else []) + ([f"{n_nan} NaN"] if n_nan else [])
+    if said:
+        text += f" ({'; '.join(said)})"
     return text
 
 
@@ -61,7 +65,7 @@ LATEX_SUBS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#"
               "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}"}
 LATEX_SYMBOLS = (("±", r"$\pm$"), ("Δ", r"$\Delta$"), ("³", r"$^3$"), ("θ", r"$\theta$"), ("–", "--"),
                  ("≥", r"$\geq$"), ("·", r"$\cdot$"), ("→", r"$\rightarrow$"), ("−", "-"), ("—", "---"),
-                 ("|", r"$|$"))
+                 ("|", r"$|$"), ("†", r"\dag{}"))
 
 
 def latex_escape(text: str) -> str:

@@ -1,9 +1,14 @@
 """Scanning a results tree into one tidy frame: one row per run x split x metric.
 
-:func:`scan_results` walks a results tree (any directory holding ``metrics.json`` or ``status.json``, or a
-started run's ``config.yaml``) and returns ``(frame, issues)``: the finished runs as a tidy
-:class:`pandas.DataFrame` (columns :data:`COLUMNS`) and the directories it could not use (unfinished, failed,
-corrupt, duplicate), never raising on a bad run directory.
+:func:`scan_results` walks a results tree (any directory holding ``metrics.json`` or ``status.json``, a
+started run's ``config.yaml``, or Hydra's ``.hydra/`` folder) and returns ``(frame, issues)``: the finished
+runs as a tidy :class:`pandas.DataFrame` (columns :data:`COLUMNS`) and the directories it could not use
+(unfinished, failed, corrupt, duplicate) or used with a warning, never raising on a bad run directory.
+
+Cells: runs of one (model, task, method, rank) whose config.yaml differ in a setting that changes what a run
+computes (every key but the seed and :data:`rocoft.runs.NEUTRAL`, as the run-directory check compares them)
+are told apart by ``variant``, e.g. ``train.lr=0.001`` for the ``.../lr${train.lr}/seed${seed}`` layout;
+only the same settings and seed twice is a duplicate.
 
 Units: ``value`` is the stored unit of ``metrics_format`` 2 (every score a fraction, see
 :mod:`rocoft.metrics`); ``shown`` is the display unit (scores x100, the keys in ``rocoft.metrics.UNSCALED``
@@ -23,6 +28,8 @@ from pathlib import Path
 import pandas as pd
 
 from rocoft.metrics import UNSCALED
+from rocoft.runs import NEUTRAL
+from rocoft.utils import flat_dict
 
 from .labels import method_label, method_pos, model_label, task_kind
 
@@ -52,7 +59,8 @@ SKIP_DIRS = {".hydra", "adapter", "merged", "checkpoints", "__pycache__"}   # in
 
 @dataclass
 class Issue:
-    """A run directory that is not (fully) used: unfinished, failed, corrupt, duplicate or a warning."""
+    """A run directory that is not (fully) used: unfinished, failed, corrupt, duplicate, or used with a
+    warning (status.json unreadable, or "failed" after metrics.json was written)."""
     path: Path
     status: str
     detail: str = ""
@@ -89,14 +97,15 @@ def split_rows(metrics: dict, kind: str | None = None) -> list[tuple]:
 
     ``value`` is in the unit of metrics_format 2 (fractions), ``shown`` in display units (x100); a format-1
     percent score keeps its printed number as ``shown`` (no round trip through a division). ``stored``
-    names the unit the file used: "fraction", "percent" or "" (not a score)."""
+    names the unit the file used: "fraction", "percent" or "" (not a score). A score that is NaN, infinite
+    or null gets a NaN row, so that the cell counts that seed as one without a number."""
     percent = stored_in_percent(metrics, kind)
     rows = []
     for split in eval_splits(metrics):
         for name, v in metrics[split].items():
-            if not isinstance(v, (int, float)):
+            if v is not None and not isinstance(v, (int, float)):
                 continue
-            v = _finite(v)
+            v = math.nan if v is None else _finite(v)
             if name in UNSCALED:
                 rows.append((split, name, "", v, v))
             elif percent:
@@ -148,27 +157,36 @@ def scan_results(root: str | os.PathLike) -> tuple[pd.DataFrame, list[Issue]]:
     """The finished runs under ``root`` as one tidy frame, and the run directories not used.
 
     A directory with a valid ``metrics.json`` is a run; the others are reported (never raised): no
-    metrics.json = unfinished, status failed = failed (with its error), unreadable metrics.json = corrupt.
-    Runs repeating a (model, task, method, rank, variant, seed) keep the newest ``metrics.json``; the older
-    ones are reported as duplicates. Rows are sorted by model, task, method order, rank, variant, seed."""
+    metrics.json = unfinished (a folder holding only ``.hydra/`` and ``train.log``: killed at start-up),
+    status failed = failed (with its error), unreadable metrics.json = corrupt. A run with metrics.json whose
+    status.json says failed (an error after metrics.json, written last, e.g. a tracker failing at the end)
+    is used, as train.py treats it as complete, with status "failed" and a warning. Runs repeating a
+    (model, task, method, rank, variant, seed), the variant including the settings that differ (see the
+    module doc), keep the newest ``metrics.json``; the older ones are reported as duplicates. Rows are
+    sorted by model, task, method order, rank, variant, seed."""
     root = Path(root)
     runs, issues = [], []
     if not root.is_dir():
         return make_frame([]), [Issue(root, "missing", "results directory not found")]
     for dirpath, dirnames, filenames in os.walk(root):
         names = set(filenames)
-        started = "config.yaml" in names and (".hydra" in dirnames or {"train.log", "log.jsonl"} & names)
+        hydra = ".hydra" in dirnames
+        started = "config.yaml" in names and (hydra or {"train.log", "log.jsonl"} & names)
         dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
         if "metrics.json" in names or "status.json" in names or started:
             run = _read_run(Path(dirpath), names, issues)
             if run is not None:
                 runs.append(run)
+        elif hydra:
+            _killed_at_startup(Path(dirpath), issues)
+    _name_swept_settings(runs)
     kept = []
     for group in _groups(runs):
         group.sort(key=lambda r: r["mtime"])
         kept.append(group[-1])
         for r in group[:-1]:
-            issues.append(Issue(r["path"], "duplicate", f"same cell and seed as {group[-1]['path']}; newer one used"))
+            issues.append(Issue(r["path"], "duplicate",
+                                f"same settings and seed as {group[-1]['path']}; newer one used"))
     kept.sort(key=lambda r: (r["model"], r["task"], method_pos(r["method"]), r["rank"] or 0, r["variant"],
                              str(r["seed"])))
     rows = [{**{k: r[k] for k in COLUMNS[:-5]}, "split": s, "metric": m, "stored": u, "value": v, "shown": d}
@@ -181,6 +199,54 @@ def make_frame(rows: list[dict]) -> pd.DataFrame:
     (None stays None, seeds stay as written), ``rank`` is a nullable integer, numbers are floats."""
     dtypes = {"rank": "Int64", "format": "int64", "mtime": "float64", "value": "float64", "shown": "float64"}
     return pd.DataFrame({c: pd.Series([r[c] for r in rows], dtype=dtypes.get(c, object)) for c in COLUMNS})
+
+
+def run_settings(config: dict) -> dict:
+    """The settings of a resolved config.yaml that change what a run computes: its flattened keys but the
+    seed and :data:`rocoft.runs.NEUTRAL` (the keys the run-directory check also ignores)."""
+    neutral = lambda k: any(k == n or k.startswith(n + ".") for n in NEUTRAL)  # noqa: E731
+    return {k: v for k, v in flat_dict(config).items() if k != "seed" and not neutral(k)}
+
+
+def _name_swept_settings(runs: list[dict]) -> None:
+    """Append the settings that differ inside one (model, task, method, rank, variant) to each run's variant,
+    ``train.lr=0.001`` (keys in every config.yaml of the group, in key order; a run without config.yaml keeps
+    its variant)."""
+    by_cell: dict[tuple, list] = {}
+    for r in runs:
+        if r["settings"] is not None:
+            by_cell.setdefault(tuple(r[k] for k in KEYS), []).append(r)
+    for group in by_cell.values():
+        shared = set.intersection(*(set(r["settings"]) for r in group))
+        swept = sorted(k for k in shared if len({repr(r["settings"][k]) for r in group}) > 1)
+        for r in group if swept else []:
+            named = ", ".join(f"{k}={r['settings'][k]}" for k in swept)   # str(float): exact, shortest
+            r["variant"] = f"{r['variant']}, {named}" if r["variant"] else named
+
+
+def _killed_at_startup(path: Path, issues: list) -> None:
+    """A Hydra job folder without a run's files (no config.yaml, status.json, metrics.json): a process killed
+    while it started, listed as unfinished; or, in a multirun whose ``output_dir`` is not Hydra's job folder
+    (``.../lr${train.lr}/seed${seed}``), the folder Hydra made next to the run: nothing to list when that run
+    directory exists, else its run was killed before it created it."""
+    target = _hydra_output_dir(path)
+    if target is None or target == path.resolve():
+        issues.append(Issue(path, "unfinished", "killed at start-up: only .hydra/ and train.log, no config.yaml "
+                                                "or status.json"))
+    elif not target.exists():
+        issues.append(Issue(path, "unfinished", f"killed at start-up: Hydra's job folder of run directory "
+                                                f"{target}, which was never created"))
+
+
+def _hydra_output_dir(path: Path) -> Path | None:
+    """``output_dir`` of ``<path>/.hydra/config.yaml`` resolved (relative to ``hydra.runtime.cwd``), or None."""
+    try:
+        from omegaconf import OmegaConf
+        out = OmegaConf.load(path / ".hydra" / "config.yaml").output_dir
+        cwd = OmegaConf.load(path / ".hydra" / "hydra.yaml").hydra.runtime.cwd
+        return (Path(cwd) / str(out)).resolve()
+    except Exception:  # noqa: BLE001 - no, or an unresolvable, output_dir: the folder itself is the run
+        return None
 
 
 def _groups(runs: list[dict]) -> list[list[dict]]:
@@ -206,8 +272,9 @@ def _read_run(path: Path, names: set, issues: list) -> dict | None:
             issues.append(Issue(path, "warning", f"status.json unreadable, metrics.json used: {e}"))
     status = status or {}
     state = status.get("status")
-    if state == "failed":
-        issues.append(Issue(path, "failed", _shorten(str(status.get("error") or "no error message"))))
+    error = _shorten(str(status.get("error") or "no error message"))
+    if state == "failed" and "metrics.json" not in names:
+        issues.append(Issue(path, "failed", error))
         return None
     if "metrics.json" not in names:
         detail = f"no metrics.json; status {state or 'unknown'}"
@@ -227,7 +294,11 @@ def _read_run(path: Path, names: set, issues: list) -> dict | None:
     except (OSError, ValueError) as e:
         issues.append(Issue(path, "corrupt", f"metrics.json: {_shorten(str(e))}"))
         return None
-    config = (_read_yaml(path / "config.yaml") if "config.yaml" in names else None) or {}
+    if state == "failed":
+        issues.append(Issue(path, "warning", f"status.json says failed after metrics.json was written ({error}); "
+                                             "its numbers are used, the seed marked † in the suite table"))
+    raw_config = _read_yaml(path / "config.yaml") if "config.yaml" in names else None
+    config = raw_config or {}
     method = str(metrics["method"])
     variant, selection = run_variant(method, config, path)
     try:
@@ -242,7 +313,8 @@ def _read_run(path: Path, names: set, issues: list) -> dict | None:
             "method_label": method_label(method, (config.get("method") or {}).get("label")),
             "model_label": model_label(str(metrics["model"]), (config.get("model") or {}).get("label")),
             "memory_kind": metrics.get("peak_memory_kind"), "mtime": (path / "metrics.json").stat().st_mtime,
-            "rows": split_rows(metrics, kind)}
+            "rows": split_rows(metrics, kind),
+            "settings": None if raw_config is None else run_settings(raw_config)}
 
 
 def _read_json(path: Path):

@@ -26,8 +26,10 @@ MEMORY_KINDS = {"cpu_max_rss": "cpu_max_rss, the process's max resident set size
                                       "start of each run; not comparable to GPU memory)",
                 "cuda_max_allocated": "cuda_max_allocated, torch's peak allocated GPU memory"}
 SUITE_NOTES = [
-    "One table per (model, task) found under the results tree; rows = method / rank (/ variant). Cells: mean ± "
-    "sample std over seeds (n = number of seeds, listed under Seeds).",
+    "One table per (model, task) found under the results tree; rows = method / rank (/ variant: a non-default "
+    "selection or p, and the settings that differ between the runs' config.yaml, e.g. train.lr=0.001). Cells: "
+    "mean ± sample std over seeds (n = number of seeds, listed under Seeds; a cell over fewer seeds says its n, "
+    "and how many had a NaN). † after a seed: its status.json says failed after metrics.json was written.",
     "Trainable = params.trainable (with the task head); w/o head = params.trainable_without_head; Added = "
     "params.additional (parameters the method adds to the model: 0 for RoCoFT, BitFit and full FT). Counts are "
     "exact; a range means the seeds differ. Times in seconds (wall = whole run, train = training loop)."]
@@ -66,7 +68,7 @@ def render_suite_table(frame: pd.DataFrame, split: str | None = None) -> list[Ta
         val_col = msplit not in (None, "validation") and bool(
             ((frame.model == model) & (frame.task == task) & (frame.split == "validation")).any())
         has_variant = any(gs.variant)
-        means = [c.mean for g in gs.itertuples(index=False) if (c := cells.get((*_key(g), main))) is not None]
+        means = [c.mean for g in gs.itertuples(index=False) if (c := cells.get((*_key(g), main))) and c.n]
         best = max(means, default=None)
         header = ["Method", "Rank"] + (["Variant"] if has_variant else []) + ["n", "Seeds"]
         header += [f"{metric_name(m)} ({msplit})" for m in metric_names]
@@ -80,24 +82,24 @@ def render_suite_table(frame: pd.DataFrame, split: str | None = None) -> list[Ta
             if has_variant:
                 sels = set(g.selections)
                 row.append(g.variant or (f"selection={sels.pop()} (task default)" if len(sels) == 1 else ""))
-            row += [str(g.n), ",".join(str(s) for s in g.seeds)]
+            row += [str(g.n), ",".join(f"{s}†" if s in g.failed_seeds else str(s) for s in g.seeds)]
             rec = {"model": model, "task": task, "method": g.method, "rank": key[3], "variant": g.variant,
                    "n": g.n, "seeds": " ".join(str(s) for s in g.seeds), "split": msplit}
             for m in metric_names:
                 c = cells.get((*key, m))
-                text = fmt_cell(c, 2, show_n=False)
+                text = fmt_cell(c, 2, show_n=c is not None and c.n != g.n)
                 if m == main and c is not None and best is not None and abs(c.mean - best) < 1e-12:
                     text = f"**{text}**"
                 row.append(text)
                 rec[f"{m}_mean"], rec[f"{m}_std"] = (None, None) if c is None else (c.mean, c.std)
             if val_col:
                 c = validation.get((*key, main))
-                row.append(fmt_cell(c, 2, show_n=False))
+                row.append(fmt_cell(c, 2, show_n=c is not None and c.n != g.n))
                 rec[f"validation_{main}_mean"] = None if c is None else c.mean
                 rec[f"validation_{main}_std"] = None if c is None else c.std
             for name in PARAM_COUNTS:
                 c = cells.get((*key, name))
-                row.append("-" if c is None else fmt_int_range(c.lo, c.hi))
+                row.append("-" if c is None or not c.n else fmt_int_range(c.lo, c.hi))
                 rec[name] = None if c is None else c.mean
             for name in ("wall_time_s", "train_time_s", "peak_memory_mb"):
                 c = cells.get((*key, name))
@@ -136,7 +138,7 @@ def render_suite_overview(frame: pd.DataFrame, split: str | None = None) -> list
         for t in tasks:
             tg = gs[gs.task == t]
             mains[t] = (_mode(list(tg.main_metric)) or "accuracy", _mode(list(tg.split)))
-            means = [c.mean for g in tg.itertuples(index=False) if (c := cells.get((*_key(g), mains[t][0])))]
+            means = [c.mean for g in tg.itertuples(index=False) if (c := cells.get((*_key(g), mains[t][0]))) and c.n]
             best[t] = max(means, default=None)
         header = ["Method", "Rank"] + (["Variant"] if has_variant else [])
         header += [f"{t}: {metric_name(m)} ({sp})" for t, (m, sp) in mains.items()]
@@ -162,7 +164,7 @@ def render_suite_overview(frame: pd.DataFrame, split: str | None = None) -> list
             for name in PARAM_COUNTS:
                 complete = ran and all((model, t, method, rank, variant, name) in cells for t in ran)
                 c = counts.get((model, method, rank, variant, name)) if complete else None
-                row.append("-" if c is None else fmt_int_range(c.lo, c.hi))
+                row.append("-" if c is None or not c.n else fmt_int_range(c.lo, c.hi))
                 rec[name] = None if c is None else c.mean
             rows.append(row)
             records.append(rec)
