@@ -100,7 +100,7 @@ class Template:
                 out.append(("mask", ""))
             else:
                 space, flags, i = SENTENCE.fullmatch(m.group(1)).groups()
-                out.append(("sent", space + sentence_part(str(texts[int(i)]), flags)))
+                out.append(("sent", (" " if space else "") + sentence_part(str(texts[int(i)]), flags)))
             start = m.end()
         if start < len(self.text):
             out.append(("text", self.text[start:]))
