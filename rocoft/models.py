@@ -35,9 +35,18 @@ from .errors import UserError
 HEAD_CLASSES = {
     "classification": transformers.AutoModelForSequenceClassification,
     "causal_lm": transformers.AutoModelForCausalLM,
+    "masked_lm": transformers.AutoModelForMaskedLM,
     "seq2seq": transformers.AutoModelForSeq2SeqLM,
     "question_answering": transformers.AutoModelForQuestionAnswering,
 }
+
+
+def language_model_kind(model_cfg) -> str:
+    """The head a prompt task scores label words with: ``masked_lm`` where the model's family has a masked-LM
+    head in transformers (BERT, RoBERTa, DeBERTa, BART ...), else ``causal_lm`` (LLaMA, GPT-J, BLOOM ...)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    return "masked_lm" if model_cfg.family in MODEL_FOR_MASKED_LM_MAPPING_NAMES else "causal_lm"
 
 
 def _plain(cfg):
@@ -140,7 +149,7 @@ def dropout_overrides(config, dropout: float | None) -> dict:
 
 
 def build_model(model_cfg, kind: str, num_labels: int | None = None, tokenizer=None, dropout: float | None = None):
-    """Instantiate the model with the head for task ``kind`` ('classification' or 'causal_lm')."""
+    """Instantiate the model with the head for task ``kind`` (a key of ``HEAD_CLASSES``)."""
     if kind not in HEAD_CLASSES:
         raise UserError(f"Unknown model head kind {kind!r}; expected one of {sorted(HEAD_CLASSES)}")
     auto = HEAD_CLASSES[kind]

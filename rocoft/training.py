@@ -133,7 +133,7 @@ class Data:
 
 def setup_data(cfg, accelerator) -> Data:
     tcfg, dcfg = cfg.train, cfg.data
-    task = build_task(cfg.task)
+    task = build_task(cfg.task, cfg.model)
     tokenizer = load_tokenizer(cfg.model)
     raw = task.splits(dcfg.max_train_samples, dcfg.max_eval_samples)
     datasets = {split: task.encode(df, tokenizer, dcfg.max_length, split) for split, df in raw.items()}
@@ -186,7 +186,7 @@ def setup_model(cfg, data: Data, accelerator) -> Trainee:
     if method.calibration_batches:
         loader = DataLoader(data.datasets["train"], batch_size=tcfg.batch_size, collate_fn=data.collate,
                             generator=torch.Generator())
-        calibration = list(islice(loader, method.calibration_batches))
+        calibration = [task.model_inputs(b) for b in islice(loader, method.calibration_batches)]
     model = method.apply(model, calibration_batches=calibration, total_steps=total_steps)
     if tcfg.gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -272,7 +272,7 @@ def fit(cfg, accelerator, data: Data, trainee: Trainee, position: Position, log:
         for batch in (accelerator.skip_first_batches(loader, in_epoch) if in_epoch else loader):
             in_epoch += 1
             with accelerator.accumulate(model):
-                loss = model(**batch).loss
+                loss = task.loss(model, batch)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and tcfg.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), tcfg.max_grad_norm)

@@ -11,7 +11,7 @@ from torch import nn
 from ..core import count_parameters, name_matches
 from ..errors import UserError
 
-KINDS = ("classification", "causal_lm", "seq2seq", "question_answering")  # model-head kinds, as in rocoft.models.HEAD_CLASSES
+KINDS = ("classification", "causal_lm", "masked_lm", "seq2seq", "question_answering")  # model-head kinds, as in rocoft.models.HEAD_CLASSES
 
 
 def plain(value):

@@ -17,7 +17,8 @@ from peft import PEFT_TYPE_TO_CONFIG_MAPPING, PeftModel, PromptLearningConfig, T
 from ..errors import UserError
 from .base import Method
 
-TASK_TYPES = {"classification": TaskType.SEQ_CLS, "causal_lm": TaskType.CAUSAL_LM,
+# peft has no masked-LM task type: its plain PeftModel (task_type None) passes every input to the model
+TASK_TYPES = {"classification": TaskType.SEQ_CLS, "causal_lm": TaskType.CAUSAL_LM, "masked_lm": None,
               "seq2seq": TaskType.SEQ_2_SEQ_LM, "question_answering": TaskType.QUESTION_ANS}
 
 

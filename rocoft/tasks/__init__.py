@@ -7,6 +7,7 @@
 | question_answering | qa.py             | extractive QA (SQuAD v1.1 / v2.0)   |
 | summarization      | summarization.py  | seq2seq generation (ROUGE)          |
 | instruction        | llm_adapters.py   | causal LM generation (LLM-Adapters) |
+| prompt             | prompt.py         | masked / causal LM label words (LM-BFF few-shot) |
 
 Shared: ``base.py`` (the Task interface, ``Encoded``), ``data.py`` (the one loader and its readers),
 ``modes.py`` (generation and log-likelihood evaluation). Scoring functions live in ``rocoft.metrics``.
@@ -24,15 +25,16 @@ from .base import Encoded, Splits, Task
 
 # The task families a task YAML's ``kind`` names (the table above): reports group runs by it. The class is
 # the YAML's ``_target_``, the one way to find it.
-KINDS = ("classification", "causal_lm", "question_answering", "summarization", "instruction")
+KINDS = ("classification", "causal_lm", "question_answering", "summarization", "instruction", "prompt")
 # Keys of a task YAML that are protocol settings read by the run's config (conf/config.yaml: hparams,
 # lr, seq_len; the RoCoFT method configs: rocoft) and by reports (kind: the task family), not by the task.
 PROTOCOL_KEYS = ("kind", "hparams", "lr", "rocoft", "seq_len")
 
 
-def build_task(cfg) -> Task:
+def build_task(cfg, model_cfg=None) -> Task:
     """The task of a config (``cfg.task``): the class in ``_target_`` called with the remaining keys as
-    keyword arguments, the protocol keys left out (``PROTOCOL_KEYS``)."""
+    keyword arguments, the protocol keys left out (``PROTOCOL_KEYS``); adapted to ``model_cfg`` (the run's
+    model config, :meth:`Task.use_model`) when given."""
     values = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
     target = values.pop("_target_", None)
     if not target:
@@ -52,7 +54,10 @@ def build_task(cfg) -> Task:
         raise UserError(f"Task {values.get('name')!r}: {cls.__name__} has no setting {unknown}; its settings are "
                         f"{sorted(accepted)}. Remove the key(s) or fix "
                         f"their spelling.")
-    return cls(**kwargs)
+    task = cls(**kwargs)
+    if model_cfg is not None:
+        task.use_model(model_cfg)
+    return task
 
 
 __all__ = ["KINDS", "PROTOCOL_KEYS", "Encoded", "Splits", "Task", "build_task"]

