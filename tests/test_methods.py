@@ -17,6 +17,8 @@ METHODS = sorted(p.stem for p in (CONF / "method").glob("*.yaml")
                  if "defaults:" not in p.read_text())  # rank-pinned variants are the same methods
 # combinations that peft / transformers cannot run; each must fail with a clear message
 UNSUPPORTED = {("bitfit", "tiny_decoder")}  # LLaMA has no biases
+# prefixes need a self-attention that takes past keys / values (BERT, RoBERTa)
+UNSUPPORTED |= {(m, f) for m in ("mam_adapter", "propetl_prefix") for f in ("tiny_decoder", "tiny_seq2seq")}
 
 
 def batch(kind):

@@ -1,5 +1,6 @@
 """Fine-tuning methods, one module per family: ``native`` (full FT, BitFit, LN tuning), ``rocoft_method``
-(RoCoFT rows / columns / random entries) and ``peft_methods`` (LoRA and the other peft baselines).
+(RoCoFT rows / columns / random entries), ``peft_methods`` (LoRA and the other peft baselines), ``adapters``
+(Adapter^S, MAM adapter) and ``propetl`` (PROPETL adapter / prefix / LoRA).
 
 Each ``conf/method/<name>.yaml`` names its class (``_target_``) and that class's keyword arguments, as
 Hydra's ``instantiate`` passes them; the keys the main config reads (``tag``, ``lr``, ``label``) are not the

@@ -17,7 +17,9 @@ CONF = Path(__file__).resolve().parents[2] / "conf"
 # RoCoFT last (the paper's reading order). Only the order lives here; methods not listed come after these,
 # by name.
 METHOD_ORDER = ("full_ft", "bitfit", "ln_tuning", "ia3", "prompt_tuning", "prefix_tuning", "lora", "lorafa",
-                "adalora", "loha", "lokr", "vera", "rocoft_row", "rocoft_col", "rocoft_random")
+                "adalora", "loha", "lokr", "vera",
+                "houlsby_adapter", "mam_adapter", "propetl_adapter", "propetl_prefix", "propetl_lora",
+                "rocoft_row", "rocoft_col", "rocoft_random")
 
 
 @cache
