@@ -94,7 +94,8 @@ def test_counts_and_shapes_at_roberta_base_shape(name):
             assert (w.lora_A.shape, w.lora_M.shape, w.lora_B.shape) == ((r, i), (r, r), (o, r))
         elif name == "sft":
             assert w.indices.shape == w.values.shape == (r * (i + o),)
-            assert len(set(w.indices.tolist())) == r * (i + o) and 0 <= int(w.indices.min()) <= int(w.indices.max()) < o * i
+            assert len(set(w.indices.tolist())) == r * (i + o)
+            assert 0 <= int(w.indices.min()) and int(w.indices.max()) < o * i
         else:
             assert w.diff.shape == w.log_alpha.shape == (o, i)
     if name == "lora_xs":  # B A is the best rank-r approximation of W: ||W - B A||_F^2 = the tail of S^2
@@ -172,7 +173,8 @@ def test_sft_schedule():
     updates = [s for s in range(1, 301) if method.is_update_step(s)]
     assert updates == [5, 105, 205]
     assert method.drop_rate(5) == 1.0 and method.drop_rate(105) == pytest.approx(0.2 * (1 - 105 / 300))
-    reading = [t for t in range(1, 301) if method.next_update(t) - t < 5 and method.is_update_step(method.next_update(t))]
+    reading = [t for t in range(1, 301)
+               if method.next_update(t) - t < 5 and method.is_update_step(method.next_update(t))]
     assert reading == [*range(1, 6), *range(101, 106), *range(201, 206)]
 
 
