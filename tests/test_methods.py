@@ -64,7 +64,8 @@ def test_method_on_family(tmp_path, method_name, model_name):
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable
-    opt = method.optimizer(model, OmegaConf.create({"lr": 1e-2, "weight_decay": 0.0})) or torch.optim.AdamW(
+    opt = method.optimizer(model, OmegaConf.create({"lr": 1e-2, "weight_decay": 0.0, "adam_betas": [0.9, 0.999],
+                                                    "adam_eps": 1e-8})) or torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=1e-2)
     model.train()
     for step in range(1, 4):

@@ -1,6 +1,7 @@
 """Fine-tuning methods, one module per family: ``native`` (full FT, BitFit, LN tuning), ``rocoft_method``
 (RoCoFT rows / columns / random entries), ``peft_methods`` (LoRA and the other peft baselines), ``adapters``
-(Adapter^S, MAM adapter) and ``propetl`` (PROPETL adapter / prefix / LoRA).
+(Adapter^S, MAM adapter), ``propetl`` (PROPETL adapter / prefix / LoRA), and the suite's own baselines on
+wrapped linear layers (``wrapping``): ``lora_variants`` (MoSLoRA, LoRA-XS) and ``sparse`` (SFT, Diff pruning).
 
 Each ``conf/method/<name>.yaml`` names its class (``_target_``) and that class's keyword arguments, as
 Hydra's ``instantiate`` passes them; the keys the main config reads (``tag``, ``lr``, ``label``) are not the
