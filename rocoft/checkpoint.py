@@ -2,8 +2,12 @@
 
 ``<run>/checkpoints/step_<N>/`` holds the trainable tensors only (small for PEFT methods; RoCoFT's
 trained slices and their indices), the optimizer and scheduler states, the RNG states and the
-run's :class:`Position` (step, epoch, batches consumed, validation history, time so far). Each is written to a temporary folder and renamed into
-place, so a kill mid-write leaves the previous checkpoint intact; the last ``keep`` are kept.
+run's :class:`Position` (step, epoch, batches consumed, validation history, time so far) and the settings
+it was made with (:func:`rocoft.utils.run_settings`). Each is written to a temporary folder, flushed to disk
+(files, then the folder) and renamed into place, so a kill or a node crash mid-write leaves the previous
+checkpoint intact; the just-written one and the ``keep - 1`` before it are kept. Loading validates: a
+checkpoint that cannot be read (a truncated file, an empty ``state.json``, a missing file) or that was made
+with other settings is skipped, with a message saying which and why, for the newest one that can.
 The stop signals (``train.stop_signals``, default SIGTERM, SIGUSR1, SIGUSR2: what SLURM sends on
 preemption and, through submitit, before the time limit) make the loop write a checkpoint at the next
 step and stop; :func:`hand_on` then gets the job requeued.
@@ -12,15 +16,19 @@ step and stop; :func:`hand_on` then gets the job requeued.
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import signal
+import sys
 import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .utils import fsync_dir, respect_umask, settings_differences
 
 
 class Preempted(Exception):
@@ -165,7 +173,10 @@ class Position:
 
     @classmethod
     def from_json(cls, text: str) -> Position:
-        data = json.loads(text)
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Position:
         return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 
@@ -178,49 +189,110 @@ class Resumed:
     method_state: dict | None  # what Method.extra_state returned (None: nothing)
 
 
+class Unusable(Exception):
+    """A checkpoint that cannot be resumed from (why, in words)."""
+
+
+def _save_durably(obj, path: Path) -> None:
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _step(path: Path) -> int:
+    return int(path.name.split("_")[1])
+
+
 class Checkpointer:
-    def __init__(self, directory: Path, keep: int = 2, enabled: bool = True):
-        self.dir, self.keep, self.enabled = Path(directory), max(1, int(keep)), enabled
+    """``<run>/checkpoints/step_<N>/`` of one run. ``settings``: the run's (:func:`rocoft.utils.run_settings`),
+    recorded in each checkpoint; only a checkpoint of the same settings is resumed (None: not checked)."""
+
+    def __init__(self, directory: Path, keep: int = 2, enabled: bool = True, settings: dict | None = None):
+        self.dir, self.keep, self.enabled, self.settings = Path(directory), max(1, int(keep)), enabled, settings
 
     def checkpoints(self) -> list[Path]:
-        found = [p for p in self.dir.glob("step_*") if (p / "state.json").is_file()]
-        return sorted(found, key=lambda p: int(p.name.split("_")[1]))
+        found = [p for p in self.dir.glob("step_*") if p.name[5:].isdigit() and (p / "state.json").is_file()]
+        return sorted(found, key=_step)
 
     def save(self, model, optimizer, scheduler, position: Position, method_state: dict | None = None) -> Path | None:
         if not self.enabled:
             return None
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=self.dir, prefix=".tmp-"))
-        torch.save(trainable_state(model), tmp / "trainable.pt")
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
-                   tmp / "training_state.pt")
+        _save_durably(trainable_state(model), tmp / "trainable.pt")
+        _save_durably({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
+                      tmp / "training_state.pt")
         if method_state is not None:
-            torch.save(method_state, tmp / "method_state.pt")
-        (tmp / "state.json").write_text(json.dumps(asdict(position)))  # written last: marks a complete folder
+            _save_durably(method_state, tmp / "method_state.pt")
+        state = {**asdict(position), **({} if self.settings is None else {"settings": self.settings})}
+        with open(tmp / "state.json", "w") as f:  # written last: marks a complete folder
+            f.write(json.dumps(state))
+            f.flush()
+            os.fsync(f.fileno())
+        respect_umask(tmp)  # mkdtemp made it 0700
+        fsync_dir(tmp)
         target = self.dir / f"step_{position.step}"
         if target.exists():
             shutil.rmtree(target)
         tmp.rename(target)
-        for old in self.checkpoints()[:-self.keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        fsync_dir(self.dir)
+        self._prune(target)
         return target
 
+    def _prune(self, target: Path) -> None:
+        """Keep ``target`` and the ``keep - 1`` checkpoints before it. Any of a later step is from a line this run
+        left (one skipped as unreadable, or of other settings): never resumed again, removed too."""
+        others = [p for p in self.checkpoints() if p != target]
+        earlier = [p for p in others if _step(p) < _step(target)]
+        stale = [p for p in others if _step(p) > _step(target)] + earlier[:max(0, len(earlier) - (self.keep - 1))]
+        for old in stale:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def _read(self, path: Path) -> tuple[Position, dict, dict, dict | None]:
+        """The contents of checkpoint ``path``, all read before anything is put back; :class:`Unusable` if not."""
+        try:
+            state = json.loads((path / "state.json").read_text())
+        except (OSError, ValueError) as e:
+            raise Unusable(f"state.json is unreadable ({type(e).__name__}: {e})") from None
+        if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+            raise Unusable("state.json holds no position (no step)")
+        position = Position.from_dict(state)
+        if self.settings is not None and state.get("settings") is not None:
+            changed = settings_differences(state["settings"], self.settings)
+            if changed:
+                raise Unusable(f"made with other settings ({'; '.join(changed[:3])})")
+        loaded = {}
+        for name in ("trainable.pt", "training_state.pt", "method_state.pt"):
+            if name == "method_state.pt" and not (path / name).exists():
+                loaded[name] = None
+                continue
+            try:
+                loaded[name] = torch.load(path / name, weights_only=False)
+            except Exception as e:  # noqa: BLE001 - truncated, missing or garbled: all make it unusable
+                raise Unusable(f"{name} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+        training = loaded["training_state.pt"]
+        if not (isinstance(training, dict) and {"optimizer", "scheduler", "rng"} <= training.keys()):
+            raise Unusable("training_state.pt lacks the optimizer, scheduler or RNG state")
+        return position, upgrade_names(loaded["trainable.pt"]), training, loaded["method_state.pt"]
+
     def load_latest(self, model, optimizer, scheduler) -> Resumed | None:
-        found = self.checkpoints()
-        if not found:
-            return None
-        path = found[-1]
-        state = upgrade_names(torch.load(path / "trainable.pt", weights_only=False))
-        result = model.load_state_dict(state, strict=False)
-        if result.unexpected_keys:
-            raise RuntimeError(f"Checkpoint {path} does not fit this model: {result.unexpected_keys[:3]}")
-        training = torch.load(path / "training_state.pt", weights_only=False)
-        optimizer.load_state_dict(training["optimizer"])
-        scheduler.load_state_dict(training["scheduler"])
-        set_rng_state(training["rng"])
-        method_state = (torch.load(path / "method_state.pt", weights_only=False)
-                        if (path / "method_state.pt").is_file() else None)
-        return Resumed(Position.from_json((path / "state.json").read_text()), path, method_state)
+        """Put back the newest usable checkpoint (see the module's docstring); None if there is none."""
+        for path in reversed(self.checkpoints()):
+            try:
+                position, state, training, method_state = self._read(path)
+            except Unusable as e:
+                if self.enabled:
+                    print(f"warning: skipping checkpoint {path}: {e}", file=sys.stderr, flush=True)
+                continue
+            result = model.load_state_dict(state, strict=False)
+            if result.unexpected_keys:
+                raise RuntimeError(f"Checkpoint {path} does not fit this model: {result.unexpected_keys[:3]}")
+            optimizer.load_state_dict(training["optimizer"])
+            scheduler.load_state_dict(training["scheduler"])
+            set_rng_state(training["rng"])
+            return Resumed(position, path, method_state)
+        return None
 
 
 def upgrade_names(state: dict) -> dict:

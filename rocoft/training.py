@@ -42,7 +42,7 @@ from .models import build_model, load_tokenizer
 from .sampling import LengthGroupedBatchSampler, ShuffledBatchSampler, example_lengths, sorted_by_length
 from .tasks import build_task
 from .tracking import TRACKERS, start_trackers
-from .utils import JsonlLog, peak_memory, reset_peak_memory
+from .utils import JsonlLog, peak_memory, reset_peak_memory, run_settings
 
 
 def build_accelerator(cfg) -> Accelerator:
@@ -350,7 +350,8 @@ def train_and_evaluate(cfg, accelerator: Accelerator, run_dir: Path) -> Result:
     start_trackers(cfg, accelerator, run_dir)
     data = setup_data(cfg, accelerator)
     trainee = setup_model(cfg, data, accelerator)
-    checkpointer = Checkpointer(run_dir / "checkpoints", keep=cfg.train.keep_checkpoints, enabled=main)
+    checkpointer = Checkpointer(run_dir / "checkpoints", keep=cfg.train.keep_checkpoints, enabled=main,
+                                settings=run_settings(cfg))
     resumed = resume(cfg, trainee, checkpointer, accelerator)
     position = resumed.position if resumed else Position()
     clock.earlier = position.elapsed  # time and memory of the run before its last resume
