@@ -172,11 +172,8 @@ class Position:
         default_factory=lambda: {"wall_time_s": 0.0, "train_time_s": 0.0, "peak_memory_mb": 0.0})
 
     @classmethod
-    def from_json(cls, text: str) -> Position:
-        return cls.from_dict(json.loads(text))
-
-    @classmethod
     def from_dict(cls, data: dict) -> Position:
+        """From a checkpoint's ``state.json`` (keys of other versions, and ``settings``, ignored)."""
         return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 
