@@ -2,8 +2,12 @@
 
 ``<run>/checkpoints/step_<N>/`` holds the trainable tensors only (small for PEFT methods; RoCoFT's
 trained slices and their indices), the optimizer and scheduler states, the RNG states and the
-run's :class:`Position` (step, epoch, batches consumed, validation history, time so far). Each is written to a temporary folder and renamed into
-place, so a kill mid-write leaves the previous checkpoint intact; the last ``keep`` are kept.
+run's :class:`Position` (step, epoch, batches consumed, validation history, time so far) and the settings
+it was made with (:func:`rocoft.utils.run_settings`). Each is written to a temporary folder, flushed to disk
+(files, then the folder) and renamed into place, so a kill or a node crash mid-write leaves the previous
+checkpoint intact; the just-written one and the ``keep - 1`` before it are kept. Loading validates: a
+checkpoint that cannot be read (a truncated file, an empty ``state.json``, a missing file) or that was made
+with other settings is skipped, with a message saying which and why, for the newest one that can.
 The stop signals (``train.stop_signals``, default SIGTERM, SIGUSR1, SIGUSR2: what SLURM sends on
 preemption and, through submitit, before the time limit) make the loop write a checkpoint at the next
 step and stop; :func:`hand_on` then gets the job requeued.
@@ -12,15 +16,19 @@ step and stop; :func:`hand_on` then gets the job requeued.
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import signal
+import sys
 import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .utils import fsync_dir, respect_umask, settings_differences
 
 
 class Preempted(Exception):
@@ -164,8 +172,8 @@ class Position:
         default_factory=lambda: {"wall_time_s": 0.0, "train_time_s": 0.0, "peak_memory_mb": 0.0})
 
     @classmethod
-    def from_json(cls, text: str) -> Position:
-        data = json.loads(text)
+    def from_dict(cls, data: dict) -> Position:
+        """From a checkpoint's ``state.json`` (keys of other versions, and ``settings``, ignored)."""
         return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 
@@ -178,17 +186,37 @@ class Resumed:
     method_state: dict | None  # what Method.extra_state returned (None: nothing)
 
 
-class Checkpointer:
-    """``sharded``: the model is sharded across processes (FSDP2); every rank then calls :meth:`save` and
-    :meth:`load_latest` (collectives) and writes its own shards and RNG states (:mod:`rocoft.sharded`);
-    otherwise only the main process writes (``enabled``)."""
+class Unusable(Exception):
+    """A checkpoint that cannot be resumed from (why, in words)."""
 
-    def __init__(self, directory: Path, keep: int = 2, enabled: bool = True, sharded: bool = False):
-        self.dir, self.keep, self.enabled, self.sharded = Path(directory), max(1, int(keep)), enabled, sharded
+
+def _save_durably(obj, path: Path) -> None:
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _step(path: Path) -> int:
+    return int(path.name.split("_")[1])
+
+
+class Checkpointer:
+    """``<run>/checkpoints/step_<N>/`` of one run. ``settings``: the run's (:func:`rocoft.utils.run_settings`),
+    recorded in each checkpoint; only a checkpoint of the same settings is resumed (None: not checked).
+
+    ``sharded``: the model is sharded across processes (FSDP2); every rank then calls :meth:`save` and
+    :meth:`load_latest` (collectives) and writes its own shards and RNG states (:mod:`rocoft.sharded`), and
+    the ranks agree on which checkpoint is usable; otherwise only the main process writes (``enabled``)."""
+
+    def __init__(self, directory: Path, keep: int = 2, enabled: bool = True, settings: dict | None = None,
+                 sharded: bool = False):
+        self.dir, self.keep, self.enabled, self.settings = Path(directory), max(1, int(keep)), enabled, settings
+        self.sharded = sharded
 
     def checkpoints(self) -> list[Path]:
-        found = [p for p in self.dir.glob("step_*") if (p / "state.json").is_file()]
-        return sorted(found, key=lambda p: int(p.name.split("_")[1]))
+        found = [p for p in self.dir.glob("step_*") if p.name[5:].isdigit() and (p / "state.json").is_file()]
+        return sorted(found, key=_step)
 
     def save(self, model, optimizer, scheduler, position: Position, method_state: dict | None = None) -> Path | None:
         if not self.enabled:
@@ -197,22 +225,28 @@ class Checkpointer:
             return self._save_sharded(model, optimizer, scheduler, position, method_state)
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=self.dir, prefix=".tmp-"))
-        torch.save(trainable_state(model), tmp / "trainable.pt")
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
-                   tmp / "training_state.pt")
+        _save_durably(trainable_state(model), tmp / "trainable.pt")
+        _save_durably({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
+                      tmp / "training_state.pt")
         return self._finish(tmp, position, method_state)
 
     def _finish(self, tmp: Path, position: Position, method_state) -> Path:
-        """Main process: the method state and ``state.json`` (last: marks a complete folder), then the rename."""
+        """Main process: the method state and ``state.json`` (last: marks a complete folder), the rename, pruning."""
         if method_state is not None:
-            torch.save(method_state, tmp / "method_state.pt")
-        (tmp / "state.json").write_text(json.dumps(asdict(position)))
+            _save_durably(method_state, tmp / "method_state.pt")
+        state = {**asdict(position), **({} if self.settings is None else {"settings": self.settings})}
+        with open(tmp / "state.json", "w") as f:  # written last: marks a complete folder
+            f.write(json.dumps(state))
+            f.flush()
+            os.fsync(f.fileno())
+        respect_umask(tmp)  # mkdtemp made it 0700
+        fsync_dir(tmp)
         target = self.dir / f"step_{position.step}"
         if target.exists():
             shutil.rmtree(target)
         tmp.rename(target)
-        for old in self.checkpoints()[:-self.keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        fsync_dir(self.dir)
+        self._prune(target)
         return target
 
     def _save_sharded(self, model, optimizer, scheduler, position: Position, method_state) -> Path:
@@ -226,40 +260,107 @@ class Checkpointer:
         if torch.distributed.is_initialized():
             torch.distributed.broadcast_object_list(tmp, src=0)
         tmp = Path(tmp[0])
-        sharded.save_sharded(tmp, model, optimizer)  # every rank its shards
-        torch.save(rng_state(), sharded.rng_file(tmp))
+        sharded.save_sharded(tmp, model, optimizer)  # every rank its shards (DCP syncs its files)
+        _save_durably(rng_state(), sharded.rng_file(tmp))
         if main:
-            torch.save({"scheduler": scheduler.state_dict()}, tmp / "training_state.pt")
+            _save_durably({"scheduler": scheduler.state_dict()}, tmp / "training_state.pt")
         sharded.barrier()  # every rank's files are in place before the folder is marked complete
         target = self._finish(tmp, position, method_state) if main else self.dir / f"step_{position.step}"
         sharded.barrier()
         return target
 
-    def load_latest(self, model, optimizer, scheduler) -> Resumed | None:
-        found = self.checkpoints()
-        if not found:
-            return None
-        path = found[-1]
-        if self.sharded:
-            from . import sharded
+    def _prune(self, target: Path) -> None:
+        """Keep ``target`` and the ``keep - 1`` checkpoints before it. Any of a later step is from a line this run
+        left (one skipped as unreadable, or of other settings): never resumed again, removed too."""
+        others = [p for p in self.checkpoints() if p != target]
+        earlier = [p for p in others if _step(p) < _step(target)]
+        stale = [p for p in others if _step(p) > _step(target)] + earlier[:max(0, len(earlier) - (self.keep - 1))]
+        for old in stale:
+            shutil.rmtree(old, ignore_errors=True)
 
-            sharded.load_sharded(path, model, optimizer)
-            scheduler.load_state_dict(torch.load(path / "training_state.pt", weights_only=False)["scheduler"])
-            set_rng_state(torch.load(sharded.rng_file(path), weights_only=False))
+    def _read(self, path: Path) -> tuple[Position, dict, dict, dict | None]:
+        """The contents of checkpoint ``path``, all read before anything is put back; :class:`Unusable` if not."""
+        try:
+            state = json.loads((path / "state.json").read_text())
+        except (OSError, ValueError) as e:
+            raise Unusable(f"state.json is unreadable ({type(e).__name__}: {e})") from None
+        if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+            raise Unusable("state.json holds no position (no step)")
+        position = Position.from_dict(state)
+        if self.settings is not None and state.get("settings") is not None:
+            changed = settings_differences(state["settings"], self.settings)
+            if changed:
+                raise Unusable(f"made with other settings ({'; '.join(changed[:3])})")
+        if self.sharded:
+            return self._read_sharded(path, position)
+        loaded = {}
+        for name in ("trainable.pt", "training_state.pt", "method_state.pt"):
+            if name == "method_state.pt" and not (path / name).exists():
+                loaded[name] = None
+                continue
+            try:
+                loaded[name] = torch.load(path / name, weights_only=False)
+            except Exception as e:  # noqa: BLE001 - truncated, missing or garbled: all make it unusable
+                raise Unusable(f"{name} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+        training = loaded["training_state.pt"]
+        if not (isinstance(training, dict) and {"optimizer", "scheduler", "rng"} <= training.keys()):
+            raise Unusable("training_state.pt lacks the optimizer, scheduler or RNG state")
+        return position, upgrade_names(loaded["trainable.pt"]), training, loaded["method_state.pt"]
+
+    def _read_sharded(self, path: Path, position: Position):
+        """This rank's part of a sharded checkpoint (its RNG states; the scheduler), checked before the collective
+        load: the shards themselves are read by :func:`rocoft.sharded.load_sharded`."""
+        from . import sharded
+
+        if not (path / sharded.MODEL_DIR / ".metadata").is_file():
+            raise Unusable(f"{sharded.MODEL_DIR}/.metadata is missing")
+        try:
+            training = torch.load(path / "training_state.pt", weights_only=False)
+            rng = torch.load(sharded.rng_file(path), weights_only=False)
             method_state = (torch.load(path / "method_state.pt", weights_only=False)
-                            if (path / "method_state.pt").is_file() else None)
-            return Resumed(Position.from_json((path / "state.json").read_text()), path, method_state)
-        state = upgrade_names(torch.load(path / "trainable.pt", weights_only=False))
-        result = model.load_state_dict(state, strict=False)
-        if result.unexpected_keys:
-            raise RuntimeError(f"Checkpoint {path} does not fit this model: {result.unexpected_keys[:3]}")
-        training = torch.load(path / "training_state.pt", weights_only=False)
-        optimizer.load_state_dict(training["optimizer"])
-        scheduler.load_state_dict(training["scheduler"])
-        set_rng_state(training["rng"])
-        method_state = (torch.load(path / "method_state.pt", weights_only=False)
-                        if (path / "method_state.pt").is_file() else None)
-        return Resumed(Position.from_json((path / "state.json").read_text()), path, method_state)
+                            if (path / "method_state.pt").exists() else None)
+        except Exception as e:  # noqa: BLE001 - truncated, missing or garbled
+            raise Unusable(f"unreadable ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+        if not (isinstance(training, dict) and "scheduler" in training):
+            raise Unusable("training_state.pt lacks the scheduler state")
+        return position, None, {"scheduler": training["scheduler"], "rng": rng}, method_state
+
+    def _agreed(self, usable: bool) -> bool:
+        """Sharded: a checkpoint is used only if every rank can read its part (they load it together)."""
+        if not (self.sharded and torch.distributed.is_initialized()):
+            return usable
+        flag = torch.tensor([int(usable)])
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+        return bool(flag.item())
+
+    def load_latest(self, model, optimizer, scheduler) -> Resumed | None:
+        """Put back the newest usable checkpoint (see the module's docstring); None if there is none."""
+        for path in reversed(self.checkpoints()):
+            try:
+                position, state, training, method_state = self._read(path)
+                why = None
+            except Unusable as e:
+                why = e
+            if not self._agreed(why is None):
+                if self.enabled and (why is not None or self.sharded):
+                    print(f"warning: skipping checkpoint {path}: {why or 'another rank cannot read its part'}",
+                          file=sys.stderr, flush=True)
+                continue
+            if self.sharded:
+                from . import sharded
+
+                sharded.load_sharded(path, model, optimizer)
+                scheduler.load_state_dict(training["scheduler"])
+                set_rng_state(training["rng"])
+                return Resumed(position, path, method_state)
+            result = model.load_state_dict(state, strict=False)
+            if result.unexpected_keys:
+                raise RuntimeError(f"Checkpoint {path} does not fit this model: {result.unexpected_keys[:3]}")
+            optimizer.load_state_dict(training["optimizer"])
+            scheduler.load_state_dict(training["scheduler"])
+            set_rng_state(training["rng"])
+            return Resumed(position, path, method_state)
+        return None
 
 
 def upgrade_names(state: dict) -> dict:

@@ -1,12 +1,33 @@
 """One run's life in its directory, owned here from start to end.
 
 :func:`execute` decides: skip a complete run, refuse a directory holding a run of other settings,
-else :func:`run` it. :func:`run` opens the directory (writable? ``config.yaml``, ``status.json``;
-a forced re-run keeps the old results as ``metrics.replaced.json``), has
+else :func:`run` it. :func:`run` claims the directory (:class:`RunClaim`: a lock, so a second process
+on it is refused), opens it (writable? ``config.yaml``, ``status.json``), has
 :func:`rocoft.training.train_and_evaluate` fit and evaluate (it writes only ``log.jsonl`` and
 ``checkpoints/`` while it trains, and returns the results), then writes the predictions, the
 method's artifact and ``metrics.json`` (atomically, last), marks the run complete and removes its
 checkpoints.
+
+Lock: rank 0 holds ``<run>/.lock`` (:class:`rocoft.utils.DirectoryLock`, an ``flock`` that dies with its
+process) from before the directory is opened until the run ends; a second process on the directory stops
+with exit code 2, naming the holder, and touches nothing in it. Skipping a complete run only reads: no lock.
+
+A fresh start in a directory that holds a previous run (``force=true``, or ``train.resume=false`` with its
+checkpoints there) moves the previous run's files into ``<run>/.previous_run/`` first, so that the new run
+starts from nothing (no checkpoint of the previous run is resumed). Hydra's ``.hydra/`` and ``train.log``
+and the trackers' ``wandb/`` and ``tensorboard/`` stay in place (they belong to every invocation). Then:
+
+- the new run completes: the previous run's files are dropped; its ``metrics.json``, if it had one, is kept
+  as ``metrics.replaced.json``;
+- the new run fails or is refused (any error, before or after its first checkpoint) or stops before its first
+  checkpoint (a stop signal, Ctrl-C, a kill: then at the next start in the directory): the new run's files
+  are removed and the previous run's are put back, byte for byte;
+- the new run stops (preempted) with a checkpoint: the checkpoint owns the directory (running the command
+  again without ``force=true`` resumes it); a complete previous run is kept in ``<run>/.replaced_run/`` until
+  the new one completes (then as ``metrics.replaced.json``), an unfinished one is dropped.
+
+``force=true`` always starts afresh: a forced job that is preempted and requeued with ``force=true`` starts
+over; submit long forced runs without ``force=true`` once their first attempt has started.
 
 ``<run>/status.json`` says ``running``, ``complete``, ``preempted`` or ``failed`` (with the error and,
 for unexpected errors, the traceback). Since ``metrics.json`` is written last, a run directory with
@@ -30,14 +51,20 @@ from pathlib import Path
 from .checkpoint import Preempted, hand_on
 from .distributed import export_slurm_environment, is_main_process, quiet_other_ranks
 from .errors import UserError
-from .utils import atomic_write_json, atomic_write_text, flat_dict, git_info, package_versions
+from .utils import (NEUTRAL, DirectoryLock, atomic_write_json, atomic_write_text, fsync_dir, git_info,  # noqa: F401
+                    package_versions, respect_umask, run_settings, settings_differences)
 
 USER_ERROR_EXIT = 2
 METRICS_FORMAT = 2  # metrics.json version: 2 = every score a fraction (1, unversioned: QA/ROUGE/LLM in percent)
-# settings that do not change what a run computes: a run directory may be resumed or skipped across them
-NEUTRAL = {"force", "results_dir", "output_dir", "device", "logger", "save", "hydra", "train.resume",
-           "train.checkpoint_every", "train.keep_checkpoints", "train.log_every", "train.eval_batch_size",
-           "train.stop_signals"}
+ASIDE = ".previous_run"  # a fresh start's previous run, until the new run has a checkpoint or completes
+REPLACED = ".replaced_run"  # a complete run replaced by a forced one that stopped unfinished
+# in a run directory, never moved aside: the lock, the folders above, and what every invocation adds to
+KEPT = {DirectoryLock.NAME, ASIDE, ASIDE + ".partial", REPLACED, ".hydra", "wandb", "tensorboard"}
+
+
+class RunDirRefused(UserError):
+    """This run may not use its directory (another process holds it, or it holds a run of other settings):
+    nothing in it is touched."""
 
 
 def changed_settings(run_dir: Path, cfg) -> list[str]:
@@ -48,11 +75,25 @@ def changed_settings(run_dir: Path, cfg) -> list[str]:
         old = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
     except Exception:  # noqa: BLE001 - no or unreadable config: nothing to compare
         return []
-    new = OmegaConf.to_container(cfg, resolve=True)
-    a, b = flat_dict(old or {}), flat_dict(new)
-    neutral = lambda k: any(k == n or k.startswith(n + ".") for n in NEUTRAL)  # noqa: E731
-    # keys in only one of them come from another version of the suite (a new option at its default): not compared
-    return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in sorted(a.keys() & b.keys()) if not neutral(k) and a[k] != b[k]]
+    return settings_differences(run_settings(old), run_settings(cfg))
+
+
+def check_run_dir(run_dir: Path, cfg) -> dict | None:
+    """What ``run_dir`` already holds, for ``cfg``: the metrics of a complete run to skip to (None: run), or
+    :class:`RunDirRefused` when it holds a run (complete or started) of other settings and not ``force``."""
+    done = read_json(run_dir / "metrics.json")
+    if cfg.force:
+        return None
+    if done is not None or (run_dir / "checkpoints").is_dir():
+        changed = changed_settings(run_dir, cfg)
+        if changed:  # never skip to, or resume, a run of other settings
+            shown = "; ".join(changed[:6]) + (f"; and {len(changed) - 6} more" if len(changed) > 6 else "")
+            raise RunDirRefused(
+                f"{run_dir} already holds a {'complete' if done is not None else 'started'} run with other "
+                f"settings ({shown}). Give this run its own directory (to sweep a setting that is not in the path, "
+                f"put it there: output_dir='${{results_dir}}/${{task.name}}/${{model.name}}/${{method.tag}}/"
+                f"lr${{train.lr}}/seed${{seed}}'), or force=true to replace that run.")
+    return done
 
 
 def write_status(run_dir: Path, status: str, **extra) -> None:
@@ -71,8 +112,10 @@ def read_json(path: Path) -> dict | None:
 
 
 def _remove_partial(run_dir: Path, stop: Path) -> None:
-    """Delete a run directory this failed run created (no metrics, no checkpoints), and empty parents."""
-    if not run_dir.is_dir() or (run_dir / "metrics.json").exists() or (run_dir / "checkpoints").exists():
+    """Delete a run directory this failed run created (no metrics, no checkpoints, no previous run kept aside),
+    and empty parents."""
+    if not run_dir.is_dir() or any((run_dir / name).exists() for name in
+                                   ("metrics.json", "checkpoints", ASIDE, ASIDE + ".partial", REPLACED)):
         return
     shutil.rmtree(run_dir, ignore_errors=True)
     parent = run_dir.parent
@@ -93,14 +136,114 @@ def check_output_dir(run_dir: Path) -> None:
 
 
 def open_run_dir(run_dir: Path, cfg) -> None:
-    """Before training: a writable directory, the old results of a forced re-run kept aside, the config, status."""
+    """Before training: a writable directory, a previous run moved aside for a fresh start, the config, status."""
     from omegaconf import OmegaConf
 
     check_output_dir(run_dir)
-    if (run_dir / "metrics.json").exists():  # a forced re-run: no stale results, but the old ones kept aside
-        os.replace(run_dir / "metrics.json", run_dir / "metrics.replaced.json")
+    if cfg.force or not cfg.train.resume:
+        put_aside(run_dir)
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     write_status(run_dir, "running")
+
+
+def _previous_files(run_dir: Path) -> list[Path]:
+    return [p for p in run_dir.iterdir() if p.name not in KEPT and not (p.is_file() and p.suffix == ".log")]
+
+
+def put_aside(run_dir: Path) -> None:
+    """A fresh start: move the previous run's files (all but :data:`KEPT`) into ``<run>/.previous_run/`` (via
+    ``.previous_run.partial/``, renamed when all are in: a kill midway is undone by :func:`settle`)."""
+    entries = _previous_files(run_dir)
+    if not entries:
+        return
+    partial = run_dir / (ASIDE + ".partial")
+    partial.mkdir()
+    for entry in entries:
+        os.rename(entry, partial / entry.name)
+    fsync_dir(partial)
+    partial.rename(run_dir / ASIDE)
+    fsync_dir(run_dir)
+    print(f"{run_dir}: starting afresh; the previous run's files are kept in {ASIDE}/ (put back if this run fails "
+          f"or stops before its first checkpoint)", flush=True)
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    return any((run_dir / "checkpoints").glob("step_*/state.json"))
+
+
+def _put_back(run_dir: Path, aside: Path) -> None:
+    """The new run's files out, the previous run's back. ``checkpoints/`` goes first and comes back last, so that a
+    kill midway leaves no checkpoint in the run directory: the next :func:`settle` puts back the rest."""
+    for entry in sorted(_previous_files(run_dir), key=lambda p: p.name != "checkpoints"):
+        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    for entry in sorted(aside.iterdir(), key=lambda p: p.name == "checkpoints"):
+        os.rename(entry, run_dir / entry.name)
+    aside.rmdir()
+    fsync_dir(run_dir)
+
+
+def settle(run_dir: Path, outcome: str) -> None:
+    """After a run (``outcome``: ``complete``, ``failed`` or ``stopped``; a killed run's leftovers are settled as
+    ``stopped`` at the next start): decide what a previous run moved aside becomes (see the module docstring)."""
+    if not run_dir.is_dir():
+        return
+    partial = run_dir / (ASIDE + ".partial")
+    if partial.is_dir():  # killed while moving aside: the new run never started
+        _put_back(run_dir, partial)
+    complete = (run_dir / "metrics.json").is_file()
+    aside, replaced = run_dir / ASIDE, run_dir / REPLACED
+    if aside.is_dir():
+        if not complete and (outcome == "failed" or not _has_checkpoint(run_dir)):
+            _put_back(run_dir, aside)
+            why = "failed" if outcome == "failed" else "stopped before its first checkpoint"
+            print(f"{run_dir}: the fresh start {why}; the previous run is back as it was", file=sys.stderr, flush=True)
+            return
+        if (aside / "metrics.json").is_file():
+            shutil.rmtree(replaced, ignore_errors=True)
+            aside.rename(replaced)
+        else:  # an unfinished previous run: the new run's checkpoints supersede its own
+            shutil.rmtree(aside)
+    if complete and replaced.is_dir():
+        if (replaced / "metrics.json").is_file():
+            os.replace(replaced / "metrics.json", run_dir / "metrics.replaced.json")
+        shutil.rmtree(replaced)
+
+
+class RunClaim:
+    """Rank 0's hold on one run directory for one run: :meth:`acquire` takes its lock (or refuses), settles what
+    a killed run left and decides again (skip / refuse / run: another process may have changed it meanwhile);
+    :meth:`release` settles the run's ``outcome`` (set by :func:`run`; ``failed`` unless told otherwise) and
+    unlocks. Other ranks hold nothing (``held`` stays False)."""
+
+    def __init__(self, run_dir: Path):
+        self.dir, self.lock, self.outcome = Path(run_dir), DirectoryLock(run_dir), "failed"
+
+    @property
+    def held(self) -> bool:
+        return self.lock.held
+
+    def acquire(self, cfg) -> dict | None:
+        """Lock; None (go on) or the metrics of a run completed meanwhile (skip to it)."""
+        check_output_dir(self.dir)
+        holder = self.lock.acquire()
+        if holder is not None:
+            raise RunDirRefused(f"{self.dir} is in use by {holder}: one run directory takes one process at a time. "
+                                f"Wait for it to end (or stop it), or give this run another output_dir=...")
+        settle(self.dir, "stopped")
+        return check_run_dir(self.dir, cfg)
+
+    def release(self) -> None:
+        if self.held:
+            try:
+                settle(self.dir, self.outcome)
+            finally:
+                self.lock.release()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
 
 
 def close_run_dir(run_dir: Path, cfg, result, metrics: dict) -> None:
@@ -110,7 +253,7 @@ def close_run_dir(run_dir: Path, cfg, result, metrics: dict) -> None:
             atomic_write_text(run_dir / f"predictions_{split}.jsonl",
                               "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     save_artifacts(result.model, result.method, cfg, run_dir)
-    atomic_write_json(run_dir / "metrics.json", metrics)
+    atomic_write_json(run_dir / "metrics.json", metrics)  # the old results (if any): settle() keeps them
     write_status(run_dir, "complete")
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # the run is done: results + adapter stay
 
@@ -119,31 +262,50 @@ def save_artifacts(model, method, cfg, run_dir: Path) -> None:
     """The method's artifact in <run>/adapter (for RoCoFT: peft format); optionally a merged model."""
     if cfg.save.adapter:
         method.save(model, run_dir / "adapter")
+        respect_umask(run_dir / "adapter")  # safetensors writes 0600 whatever the umask
     if cfg.save.merged:
         merged = method.merged(model)
         if merged is None:
             print(f"note: method={method.name} cannot be merged into the weights; no merged model written")
         else:
             merged.save_pretrained(run_dir / "merged")
+            respect_umask(run_dir / "merged")
 
 
-def run(cfg) -> dict:
+def run(cfg, claim: RunClaim | None = None) -> dict:
     """Train and evaluate ``cfg`` in its directory (``cfg.output_dir``), resuming from its latest checkpoint;
-    returns the metrics written to ``metrics.json``."""
+    returns the metrics written to ``metrics.json``. ``claim``: the caller's (:func:`execute`, which releases
+    it after its own bookkeeping), else one held for this call."""
+    run_dir = Path(cfg.output_dir)
+    if claim is None:
+        with RunClaim(run_dir) as claim:
+            return run(cfg, claim)
+    export_slurm_environment()  # a SLURM task knows its rank before the lock (a no-op otherwise, or if done)
+    if is_main_process():  # rank 0 alone locks: the other ranks of the run are not refused by it
+        done = claim.acquire(cfg)
+        if done is not None:
+            print(f"{run_dir} was completed meanwhile: skipping (force=true re-runs it).")
+            return done
     from .training import build_accelerator, train_and_evaluate  # heavy imports only when a run really starts
 
-    run_dir = Path(cfg.output_dir)
-    accelerator = build_accelerator(cfg)
-    main = accelerator.is_main_process
-    accelerator.wait_for_everyone()  # every rank has read the directory (execute's skip/refuse) before rank 0 writes
-    if main:
-        open_run_dir(run_dir, cfg)
-    result = train_and_evaluate(cfg, accelerator, run_dir)
-    metrics = {**result.metrics, "metrics_format": METRICS_FORMAT, "git": git_info(), "versions": package_versions()}
-    result.method.gather(result.model)  # every rank: a sharded (FSDP) model is collected on rank 0 to be saved
-    if main:
-        close_run_dir(run_dir, cfg, result, metrics)
-        print_summary(metrics, run_dir)
+    try:
+        accelerator = build_accelerator(cfg)
+        main = accelerator.is_main_process
+        accelerator.wait_for_everyone()  # every rank has read the directory (execute's skip/refuse) before rank 0 writes
+        if main:
+            open_run_dir(run_dir, cfg)
+        accelerator.wait_for_everyone()  # a fresh start's previous run is moved aside before any rank resumes
+        result = train_and_evaluate(cfg, accelerator, run_dir)
+        metrics = {**result.metrics, "metrics_format": METRICS_FORMAT, "git": git_info(),
+                   "versions": package_versions()}
+        result.method.gather(result.model)  # every rank: a sharded (FSDP) model is collected on rank 0 to be saved
+        if main:
+            close_run_dir(run_dir, cfg, result, metrics)
+            print_summary(metrics, run_dir)
+        claim.outcome = "complete"
+    except (Preempted, KeyboardInterrupt, SystemExit):
+        claim.outcome = "stopped"
+        raise
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return metrics
@@ -154,33 +316,28 @@ def execute(cfg, multirun: bool = False):
     run_dir = Path(cfg.output_dir)
     export_slurm_environment()  # one task of a multi-task SLURM job: a rank of one run (no-op otherwise)
     quiet_other_ranks(run_dir)  # rank 0 alone logs into run_dir
-    done = read_json(run_dir / "metrics.json")
-    if not cfg.force and (done is not None or (run_dir / "checkpoints").is_dir()):
-        changed = changed_settings(run_dir, cfg)
-        if changed:  # never skip to, or resume, a run of other settings
-            shown = "; ".join(changed[:6]) + (f"; and {len(changed) - 6} more" if len(changed) > 6 else "")
-            print(f"\nerror: {run_dir} already holds a {'complete' if done is not None else 'started'} run with "
-                  f"other settings ({shown}). Give this run its own directory (to sweep a setting that is not "
-                  f"in the path, put it there: output_dir='${{results_dir}}/${{task.name}}/${{model.name}}/"
-                  f"${{method.tag}}/lr${{train.lr}}/seed${{seed}}'), or force=true to replace that run.",
-                  file=sys.stderr)
-            if multirun:
-                return None
-            sys.exit(USER_ERROR_EXIT)
-    if done is not None and not cfg.force:
-        print(f"{run_dir} is complete: skipping (force=true re-runs it).")
-        return main_value(done)
+    claim = RunClaim(run_dir)
     try:
-        metrics = run(cfg)
+        done = check_run_dir(run_dir, cfg)  # read only, on every rank; decided again under the lock
+        if done is not None:
+            print(f"{run_dir} is complete: skipping (force=true re-runs it).")
+            return main_value(done)
+        metrics = run(cfg, claim)
+    except RunDirRefused as e:  # in use by another process, or a run of other settings: nothing touched
+        print(f"\nerror: {e}", file=sys.stderr)
+        if multirun:
+            return None
+        sys.exit(USER_ERROR_EXIT)
     except Preempted as e:
         if e.main:
             write_status(run_dir, "preempted", step=e.step, signal=signal.Signals(e.signum).name)
-            print(f"\n{run_dir}: {e}. Run the same command again to resume (a SLURM job is requeued).",
+            again = "again without force=true" if cfg.force else "again"
+            print(f"\n{run_dir}: {e}. Run the same command {again} to resume (a SLURM job is requeued).",
                   file=sys.stderr, flush=True)
         hand_on(e)  # under SLURM: the job requeued (submitit's handler, which exits, or scontrol requeue)
         sys.exit(128 + e.signum)
     except (KeyboardInterrupt, SystemExit) as e:  # Ctrl-C, or submitit's signal handler exiting outside the loop
-        if (read_json(run_dir / "status.json") or {}).get("status") == "running":
+        if claim.held and (read_json(run_dir / "status.json") or {}).get("status") == "running":
             write_status(run_dir, "preempted", error=f"{type(e).__name__}"
                          f"{'' if isinstance(e, KeyboardInterrupt) else f' (exit code {e.code})'} before a checkpoint",
                          step=None)
@@ -205,6 +362,8 @@ def execute(cfg, multirun: bool = False):
             print(f"\nerror in {run_dir}: {type(e).__name__}: {e} (see status.json)", file=sys.stderr)
             return None
         raise
+    finally:
+        claim.release()  # after the bookkeeping above: a failed fresh start puts the previous run back
     return main_value(metrics)
 
 

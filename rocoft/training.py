@@ -43,7 +43,7 @@ from .sampling import LengthGroupedBatchSampler, ShuffledBatchSampler, example_l
 from .sharded import is_sharded
 from .tasks import build_task
 from .tracking import TRACKERS, start_trackers
-from .utils import JsonlLog, peak_memory, reset_peak_memory
+from .utils import JsonlLog, peak_memory, reset_peak_memory, run_settings
 
 
 def build_accelerator(cfg) -> Accelerator:
@@ -353,7 +353,7 @@ def train_and_evaluate(cfg, accelerator: Accelerator, run_dir: Path) -> Result:
     trainee = setup_model(cfg, data, accelerator)
     sharded = is_sharded(trainee.model)  # FSDP: every rank writes its shards of each checkpoint
     checkpointer = Checkpointer(run_dir / "checkpoints", keep=cfg.train.keep_checkpoints, enabled=main or sharded,
-                                sharded=sharded)
+                                sharded=sharded, settings=run_settings(cfg))
     resumed = resume(cfg, trainee, checkpointer, accelerator)
     position = resumed.position if resumed else Position()
     clock.earlier = position.elapsed  # time and memory of the run before its last resume

@@ -1,15 +1,18 @@
-"""Run bookkeeping: atomic files, provenance, memory."""
+"""Run bookkeeping: atomic files, the run directory's lock, settings, provenance, memory."""
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import platform
 import resource
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 from importlib import metadata
 from pathlib import Path
 
@@ -24,8 +27,27 @@ def _umask() -> int:
     return mask
 
 
+def respect_umask(path: str | os.PathLike) -> None:
+    """Give ``path`` (a file, or a folder and everything in it) the mode a plain ``open`` / ``mkdir`` gives under
+    the umask (0644 / 0755 under umask 022): ``tempfile.mkdtemp`` makes folders 0700, ``mkstemp`` and the
+    safetensors writer make files 0600, which a group-shared results directory could not read."""
+    mask, path = _umask(), Path(path)
+    for p in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        if not p.is_symlink():
+            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Flush a folder's entries (a rename into it, a new file) to disk: after a node crash they are there."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write to a temporary file in the same directory, fsync, then rename over ``path``."""
+    """Write to a temporary file in the same directory, fsync, rename over ``path``, fsync the directory."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -36,6 +58,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -61,6 +84,81 @@ def flat_dict(tree, prefix: str = "") -> dict:
     for k, v in tree.items():
         out.update(flat_dict(v, f"{prefix}{k}."))
     return out
+
+
+class DirectoryLock:
+    """One process's exclusive hold on a directory: ``fcntl.flock`` on ``<dir>/.lock``, kept while the file stays
+    open. The kernel drops it when the process ends, however it ends (kill -9, a node's crash: then with the
+    node), so a stale lock never blocks a requeued job. The holder writes its pid, host and start time into
+    the file, for the message of a process it refuses; the file itself stays (removing it would let two
+    processes lock two different files)."""
+
+    NAME = ".lock"
+
+    def __init__(self, directory: str | os.PathLike):
+        self.path = Path(directory) / self.NAME
+        self.fd: int | None = None
+
+    def acquire(self) -> str | None:
+        """Take the lock: None, or (another process holds it) who holds it, in words."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
+            except ValueError:
+                holder = {}
+            os.close(fd)
+            return (f"process {holder.get('pid', '?')} on {holder.get('host', '?')}, since {holder.get('since', '?')}"
+                    if holder else "another process (it has not recorded itself yet)")
+        except OSError as e:  # a file system without locks (some network mounts): run, but say so
+            os.close(fd)
+            print(f"warning: cannot lock {self.path} ({e.strerror}); nothing stops a second process from "
+                  f"using this run directory at the same time", file=sys.stderr)
+            return None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                  "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode(), 0)
+        self.fd = fd
+        return None
+
+    @property
+    def held(self) -> bool:
+        return self.fd is not None
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            os.ftruncate(self.fd, 0)
+        except OSError:
+            pass
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+        self.fd = None
+
+
+# settings that do not change what a run computes: a run directory may be resumed or skipped across them
+NEUTRAL = {"force", "results_dir", "output_dir", "device", "logger", "save", "hydra", "train.resume",
+           "train.checkpoint_every", "train.keep_checkpoints", "train.log_every", "train.eval_batch_size",
+           "train.stop_signals"}
+
+
+def run_settings(cfg) -> dict:
+    """The settings that decide what a run computes: ``cfg`` (a config, or its plain dict) resolved and
+    flattened (``{"train.lr": 0.005, ...}``), without the :data:`NEUTRAL` ones."""
+    from omegaconf import DictConfig, OmegaConf
+
+    tree = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    return {k: v for k, v in flat_dict(tree or {}).items()
+            if not any(k == n or k.startswith(n + ".") for n in NEUTRAL)}
+
+
+def settings_differences(old: dict, new: dict) -> list[str]:
+    """``key: old -> new`` for each setting (of :func:`run_settings`) that differs. Keys in only one of them
+    come from another version of the suite (a new option at its default): not compared."""
+    return [f"{k}: {old[k]!r} -> {new[k]!r}" for k in sorted(old.keys() & new.keys()) if old[k] != new[k]]
 
 
 class JsonlLog:
