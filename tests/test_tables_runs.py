@@ -299,3 +299,14 @@ def test_real_lr_sweep_in_the_recommended_layout(tmp_path):
         c = cells[("tiny_encoder", "rotten_tomatoes", "rocoft_col", 1, f"train.lr={lr:g}", "accuracy")]
         m, s, n = mean_std([written[(lr, seed)]["test"]["accuracy"] for seed in (0, 1)])
         assert (c.n, c.mean, c.std) == (n, pytest.approx(m), pytest.approx(s))
+
+
+def test_runs_put_aside_by_a_fresh_start_are_not_read(tmp_path):
+    """A forced re-run keeps the run it replaces in <run>/.previous_run (or .replaced_run) until it ends: that
+    metrics.json is not a second run (nor a duplicate) of the cell."""
+    run = write_run(tmp_path, "tiny_encoder", "sst2", "lora", 8, 0, {"validation": {"accuracy": 0.9}})
+    write_run(run / ".previous_run", "tiny_encoder", "sst2", "lora", 8, 0, {"validation": {"accuracy": 0.5}})
+    frame, issues = rp.scan_results(tmp_path)
+    assert issues == []
+    assert set(frame.run) == {str(run)}
+    assert frame[(frame.split == "validation") & (frame.metric == "accuracy")].value.tolist() == [0.9]

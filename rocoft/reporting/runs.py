@@ -54,7 +54,9 @@ RUN_FIELDS = {
 FORMAT1_PERCENT_KINDS = {"question_answering", "summarization", "instruction"}
 FORMAT1_PERCENT_NAMES = ("exact_match", "rouge", "loglik_acc", "HasAns_", "NoAns_")
 REQUIRED_KEYS = ("model", "task", "method", "seed")
-SKIP_DIRS = {".hydra", "adapter", "merged", "checkpoints", "__pycache__"}   # inside a run: never runs
+# inside a run: never runs (nor is any hidden folder: .hydra, or a run put aside by a fresh start, .previous_run
+# and .replaced_run, which keep the metrics.json of the run they replaced)
+SKIP_DIRS = {"adapter", "merged", "checkpoints", "__pycache__"}
 
 
 @dataclass
@@ -172,7 +174,7 @@ def scan_results(root: str | os.PathLike) -> tuple[pd.DataFrame, list[Issue]]:
         names = set(filenames)
         hydra = ".hydra" in dirnames
         started = "config.yaml" in names and (hydra or {"train.log", "log.jsonl"} & names)
-        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
+        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and not d.startswith("."))
         if "metrics.json" in names or "status.json" in names or started:
             run = _read_run(Path(dirpath), names, issues)
             if run is not None:
