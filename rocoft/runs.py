@@ -27,7 +27,7 @@ import time
 import traceback
 from pathlib import Path
 
-from .checkpoint import Preempted, hand_on
+from .checkpoint import Preempted, StopSignals, hand_on
 from .distributed import export_slurm_environment, is_main_process, quiet_other_ranks
 from .errors import UserError
 from .utils import atomic_write_json, atomic_write_text, flat_dict, git_info, package_versions
@@ -127,18 +127,20 @@ def save_artifacts(model, method, cfg, run_dir: Path) -> None:
             merged.save_pretrained(run_dir / "merged")
 
 
-def run(cfg) -> dict:
+def run(cfg, stop: StopSignals | None = None) -> dict:
     """Train and evaluate ``cfg`` in its directory (``cfg.output_dir``), resuming from its latest checkpoint;
-    returns the metrics written to ``metrics.json``."""
+    returns the metrics written to ``metrics.json``. ``stop``: the run's stop signals (see execute)."""
     from .training import build_accelerator, train_and_evaluate  # heavy imports only when a run really starts
+    from .validation import validate_config
 
+    validate_config(cfg)  # before anything is written (from the command line: also before Hydra's directory)
     run_dir = Path(cfg.output_dir)
     accelerator = build_accelerator(cfg)
     main = accelerator.is_main_process
     accelerator.wait_for_everyone()  # every rank has read the directory (execute's skip/refuse) before rank 0 writes
     if main:
         open_run_dir(run_dir, cfg)
-    result = train_and_evaluate(cfg, accelerator, run_dir)
+    result = train_and_evaluate(cfg, accelerator, run_dir, stop)
     metrics = {**result.metrics, "metrics_format": METRICS_FORMAT, "git": git_info(), "versions": package_versions()}
     if main:
         close_run_dir(run_dir, cfg, result, metrics)
@@ -149,7 +151,21 @@ def run(cfg) -> dict:
 
 
 def execute(cfg, multirun: bool = False):
-    """Run ``cfg`` unless already complete; returns the main validation metric (for Hydra sweepers)."""
+    """Run ``cfg`` unless already complete; returns the main validation metric (for Hydra sweepers).
+
+    The stop signals (``train.stop_signals``) and Ctrl-C are the run's from here to the end: before training
+    they stop it at once, status ``preempted`` (Ctrl-C: ``interrupted``), exit code 128 + signal; once it
+    trains, after a checkpoint of the latest step (see :class:`rocoft.checkpoint.StopSignals`)."""
+    try:
+        stop = StopSignals(cfg.train.stop_signals, interrupt=True, immediate=True)
+    except UserError as e:  # a bad train.stop_signals
+        print(f"\nerror: {e}", file=sys.stderr)
+        sys.exit(USER_ERROR_EXIT)
+    with stop:
+        return _execute(cfg, multirun, stop)
+
+
+def _execute(cfg, multirun: bool, stop: StopSignals):
     run_dir = Path(cfg.output_dir)
     export_slurm_environment()  # one task of a multi-task SLURM job: a rank of one run (no-op otherwise)
     quiet_other_ranks(run_dir)  # rank 0 alone logs into run_dir
@@ -170,19 +186,25 @@ def execute(cfg, multirun: bool = False):
         print(f"{run_dir} is complete: skipping (force=true re-runs it).")
         return main_value(done)
     try:
-        metrics = run(cfg)
+        metrics = run(cfg, stop)
     except Preempted as e:
-        if e.main:
-            write_status(run_dir, "preempted", step=e.step, signal=signal.Signals(e.signum).name)
-            print(f"\n{run_dir}: {e}. Run the same command again to resume (a SLURM job is requeued).",
-                  file=sys.stderr, flush=True)
-        hand_on(e)  # under SLURM: the job requeued (submitit's handler, which exits, or scontrol requeue)
+        if e.main and not (run_dir / "metrics.json").exists():  # (a forced re-run stopped before it began: untouched)
+            write_status(run_dir, "interrupted" if e.interrupted else "preempted", step=e.step, stage=e.stage,
+                         signal=signal.Signals(e.signum).name)
+            print(f"\n{run_dir}: {e}. Run the same command again to "
+                  f"{'resume' if e.step is not None else 'start it'}"
+                  f"{'' if e.interrupted else ' (a SLURM job is requeued)'}.", file=sys.stderr, flush=True)
+        if not e.interrupted:
+            hand_on(e)  # under SLURM: the job requeued (submitit's handler, which exits, or scontrol requeue)
         sys.exit(128 + e.signum)
-    except (KeyboardInterrupt, SystemExit) as e:  # Ctrl-C, or submitit's signal handler exiting outside the loop
+    except KeyboardInterrupt:  # Ctrl-C twice: stopped at once, without a checkpoint of the latest step
         if (read_json(run_dir / "status.json") or {}).get("status") == "running":
-            write_status(run_dir, "preempted", error=f"{type(e).__name__}"
-                         f"{'' if isinstance(e, KeyboardInterrupt) else f' (exit code {e.code})'} before a checkpoint",
-                         step=None)
+            write_status(run_dir, "interrupted", error="Ctrl-C twice: stopped before a checkpoint", step=None)
+        print(f"\n{run_dir}: interrupted (Ctrl-C twice); no checkpoint of the latest step.", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
+    except SystemExit as e:  # submitit's signal handler exiting outside the loop
+        if (read_json(run_dir / "status.json") or {}).get("status") == "running":
+            write_status(run_dir, "preempted", error=f"SystemExit (exit code {e.code}) before a checkpoint", step=None)
         raise
     except UserError as e:
         print(f"\nerror: {e}", file=sys.stderr)
@@ -204,6 +226,11 @@ def execute(cfg, multirun: bool = False):
             print(f"\nerror in {run_dir}: {type(e).__name__}: {e} (see status.json)", file=sys.stderr)
             return None
         raise
+    if stop.received is not None:  # a stop signal while the results were written: the run completed first
+        print(f"\n{run_dir}: complete; then stopped by {signal.Signals(stop.received).name}.", file=sys.stderr)
+        if stop.received != signal.SIGINT:
+            hand_on(Preempted(stop.received, metrics["steps"], previous=stop.previous_handler(stop.received)))
+        sys.exit(128 + stop.received)
     return main_value(metrics)
 
 
