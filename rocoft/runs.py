@@ -8,8 +8,8 @@ a forced re-run keeps the old results as ``metrics.replaced.json``), has
 method's artifact and ``metrics.json`` (atomically, last), marks the run complete and removes its
 checkpoints.
 
-``<run>/status.json`` says ``running``, ``complete``, ``preempted`` or ``failed`` (with the error and,
-for unexpected errors, the traceback). Since ``metrics.json`` is written last, a run directory with
+``<run>/status.json`` says ``running``, ``complete``, ``preempted``, ``interrupted`` (Ctrl-C) or ``failed``
+(with the error and, for unexpected errors, the traceback). Since ``metrics.json`` is written last, a run directory with
 it is complete: re-launching the same command (or sweep) skips it unless ``force=true``. A failed
 job of a sweep does not stop the others. A user error (bad config or data) of a single run leaves
 nothing half-written in results/.
@@ -162,7 +162,11 @@ def execute(cfg, multirun: bool = False):
         print(f"\nerror: {e}", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT)
     with stop:
-        return _execute(cfg, multirun, stop)
+        try:
+            return _execute(cfg, multirun, stop)
+        except Preempted as e:  # before the run began (deciding whether to skip it): nothing to record
+            print(f"\n{cfg.output_dir}: {e}.", file=sys.stderr)
+            sys.exit(128 + e.signum)
 
 
 def _execute(cfg, multirun: bool, stop: StopSignals):

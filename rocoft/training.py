@@ -17,6 +17,7 @@ Accelerate handles the device, mixed precision, gradient accumulation and multi-
 from __future__ import annotations
 
 import errno
+import gc
 import importlib.util
 import math
 import shutil
@@ -264,15 +265,18 @@ def save_checkpoint(accelerator, trainee: Trainee, checkpointer: Checkpointer, p
     try:
         checkpointer.save(unwrapped, trainee.optimizer, trainee.scheduler, position,
                           trainee.method.extra_state(unwrapped))
+        return
     except BaseException as e:
         for partial in checkpointer.dir.glob(".tmp-*"):  # this run's unfinished write (the run holds its directory)
             shutil.rmtree(partial, ignore_errors=True)
-        if disk_full(e, checkpointer.dir):
-            raise UserError(f"The disk is full: could not write the checkpoint of step {position.step} in "
-                            f"{checkpointer.dir}; the unfinished checkpoint was removed and the previous ones are "
-                            f"intact. Free space (or choose another results_dir=...) and run the same command "
-                            f"again to resume.") from None
-        raise
+        if not disk_full(e, checkpointer.dir):
+            raise
+    # raised here, not in the except block: the failed write's traceback (whose frames hold its open file, so
+    # the space of the removed folder) is released first, and the run can then record that it failed
+    gc.collect()
+    raise UserError(f"The disk is full: could not write the checkpoint of step {position.step} in "
+                    f"{checkpointer.dir}; the unfinished checkpoint was removed and the previous ones are intact. "
+                    f"Free space (or choose another results_dir=...) and run the same command again to resume.")
 
 
 def disk_full(error: BaseException, directory: Path) -> bool:

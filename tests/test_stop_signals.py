@@ -93,7 +93,8 @@ def test_sigterm_during_final_evaluation_checkpoints_the_last_step_then_resumes(
                             "task=text_classification", f"task.data_files.train={big_csv}", *args],
                            cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "Resuming from" in again.stdout, again.stderr[-3000:]
-    assert status_of(tmp_path)["status"] == "complete" and json.loads((run_dir / "metrics.json").read_text())["steps"] == 5
+    assert status_of(tmp_path)["status"] == "complete"
+    assert json.loads((run_dir / "metrics.json").read_text())["steps"] == 5
 
 
 def test_ctrl_c_while_training_checkpoints_the_latest_step(tmp_path, big_csv):
