@@ -8,6 +8,7 @@
 """
 
 import os
+import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -23,5 +24,22 @@ def main(cfg: DictConfig):
     return execute(cfg, multirun=HydraConfig.get().mode == RunMode.MULTIRUN)
 
 
+USER_ERROR_EXIT = 2  # as rocoft.runs.USER_ERROR_EXIT (not imported here: that would slow --help)
+
+
+def composition_error(exit: SystemExit) -> bool:
+    """Whether Hydra exited on a command line or config composition error (an unknown key or config name, a
+    malformed override): Hydra prints its one-line message and calls ``sys.exit(1)`` while handling that
+    exception, which therefore is the SystemExit's ``__context__``."""
+    from hydra.errors import ConfigCompositionException, OverrideParseException
+
+    return exit.code == 1 and isinstance(exit.__context__, (ConfigCompositionException, OverrideParseException))
+
+
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except SystemExit as e:
+        if composition_error(e):  # a user error: exit code 2, as for the suite's own (README, Reliability)
+            sys.exit(USER_ERROR_EXIT)
+        raise

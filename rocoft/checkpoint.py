@@ -9,8 +9,8 @@ checkpoint intact; the just-written one and the ``keep - 1`` before it are kept.
 checkpoint that cannot be read (a truncated file, an empty ``state.json``, a missing file) or that was made
 with other settings is skipped, with a message saying which and why, for the newest one that can.
 The stop signals (``train.stop_signals``, default SIGTERM, SIGUSR1, SIGUSR2: what SLURM sends on
-preemption and, through submitit, before the time limit) make the loop write a checkpoint at the next
-step and stop; :func:`hand_on` then gets the job requeued.
+preemption and, through submitit, before the time limit) and Ctrl-C make the loop write a checkpoint at
+the next step and stop (before training: stop at once); :func:`hand_on` then gets the job requeued.
 """
 
 from __future__ import annotations
@@ -31,15 +31,26 @@ import torch
 from .utils import fsync_dir, respect_umask, settings_differences
 
 
-class Preempted(Exception):
-    """Raised by the loop after it saved a checkpoint on one of the stop signals (``train.stop_signals``).
+class Preempted(BaseException):
+    """A stop signal ended the run: raised by the loop after it saved a checkpoint of the latest step
+    (``train.stop_signals``, or SIGINT: Ctrl-C), or at once, by the signal handler, before training started
+    (``step`` None: there is nothing to save).
 
-    ``previous`` is the handler the signal had before the loop took it (under SLURM: submitit's, which
-    requeues the job on SIGUSR2); ``main``: raised on the main process (rank 0), which alone writes files."""
+    ``previous`` is the handler the signal had before the run took it (under SLURM: submitit's, which
+    requeues the job on SIGUSR2); ``main``: raised on the main process (rank 0), which alone writes files;
+    ``stage``: what the run was doing. A BaseException, as KeyboardInterrupt: ``except Exception`` in a
+    library does not swallow it."""
 
-    def __init__(self, signum: int, step: int, previous=None, main: bool = True):
-        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint saved")
-        self.signum, self.step, self.previous, self.main = signum, step, previous, main
+    def __init__(self, signum: int, step: int | None, previous=None, main: bool = True, stage: str = "training"):
+        where = (f"at step {step}; checkpoint saved" if step is not None
+                 else f"during {stage}, before training started; nothing to save")
+        super().__init__(f"stopped by {signal.Signals(signum).name} {where}")
+        self.signum, self.step, self.previous, self.main, self.stage = signum, step, previous, main, stage
+
+    @property
+    def interrupted(self) -> bool:
+        """Ctrl-C (SIGINT): a person stopped the run (status ``interrupted``, never requeued)."""
+        return self.signum == signal.SIGINT
 
 
 DEFAULT_STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2")
@@ -65,22 +76,30 @@ def parse_signals(names) -> tuple[signal.Signals, ...]:
 
 
 class StopSignals:
-    """Turn the stop signals into a flag the training loop checks after each step.
+    """Turn the stop signals into a flag the run checks at step boundaries, for the whole of a run.
 
-    Installed when the loop starts, over whatever handled them before (under SLURM: submitit's, whose
-    SIGUSR2 handler would otherwise requeue and ``sys.exit`` from inside the signal handler, mid-step);
-    put back on exit. :meth:`agreed` is the flag all processes agree on: with torch.distributed
-    initialised, a max all-reduce at each step boundary, so every rank stops at the same step (none is
-    left waiting in a collective because it saw the signal one step later)."""
+    Installed over whatever handled them before (under SLURM: submitit's, whose SIGUSR2 handler would
+    otherwise requeue and ``sys.exit`` from inside the signal handler, mid-step); put back on exit.
+    ``interrupt``: SIGINT (Ctrl-C) too, in place of KeyboardInterrupt; a second Ctrl-C raises
+    KeyboardInterrupt at once. ``immediate`` (before training: nothing to save yet): the handler raises
+    :class:`Preempted` at once, wherever the run is (data preparation, model loading); the run sets it to
+    False once training starts, and the loop then stops at its next step boundary, after a checkpoint.
+    ``stage`` names what the run is doing (for the messages).
 
-    def __init__(self, signals=DEFAULT_STOP_SIGNALS, device=None):
-        self.signals = parse_signals(signals)
+    :meth:`agreed` is the flag all processes agree on: with torch.distributed initialised, a max
+    all-reduce at each step boundary, so every rank stops at the same step (none is left waiting in a
+    collective because it saw the signal one step later)."""
+
+    def __init__(self, signals=DEFAULT_STOP_SIGNALS, device=None, interrupt: bool = False, immediate: bool = False):
+        self.signals = parse_signals(signals) + ((signal.SIGINT,) if interrupt else ())
         self.device = device
+        self.immediate = immediate
+        self.stage = "start-up"
         self.received: int | None = None
         self.previous = {}
 
     def __enter__(self):
-        for s in self.signals:
+        for s in dict.fromkeys(self.signals):
             try:
                 self.previous[s] = signal.signal(s, self._handle)
             except ValueError:  # not the main thread: signals stay with their owner
@@ -88,8 +107,13 @@ class StopSignals:
         return self
 
     def _handle(self, signum, frame):
-        if self.received is None:
-            self.received = signum
+        if self.received is not None:
+            if signum == signal.SIGINT:  # Ctrl-C again: stop now
+                raise KeyboardInterrupt
+            return
+        self.received = signum
+        if self.immediate:
+            raise Preempted(signum, None, previous=self.previous_handler(signum), stage=self.stage)
 
     def __exit__(self, *exc):
         for s, handler in self.previous.items():

@@ -29,8 +29,8 @@ and the trackers' ``wandb/`` and ``tensorboard/`` stay in place (they belong to 
 ``force=true`` always starts afresh: a forced job that is preempted and requeued with ``force=true`` starts
 over; submit long forced runs without ``force=true`` once their first attempt has started.
 
-``<run>/status.json`` says ``running``, ``complete``, ``preempted`` or ``failed`` (with the error and,
-for unexpected errors, the traceback). Since ``metrics.json`` is written last, a run directory with
+``<run>/status.json`` says ``running``, ``complete``, ``preempted``, ``interrupted`` (Ctrl-C) or ``failed``
+(with the error and, for unexpected errors, the traceback). Since ``metrics.json`` is written last, a run directory with
 it is complete: re-launching the same command (or sweep) skips it unless ``force=true``. A failed
 job of a sweep does not stop the others. A user error (bad config or data) of a single run leaves
 nothing half-written in results/.
@@ -48,7 +48,7 @@ import time
 import traceback
 from pathlib import Path
 
-from .checkpoint import Preempted, hand_on
+from .checkpoint import Preempted, StopSignals, hand_on
 from .distributed import export_slurm_environment, is_main_process, quiet_other_ranks
 from .errors import UserError
 from .utils import (NEUTRAL, DirectoryLock, atomic_write_json, atomic_write_text, fsync_dir, git_info,  # noqa: F401
@@ -272,14 +272,18 @@ def save_artifacts(model, method, cfg, run_dir: Path) -> None:
             respect_umask(run_dir / "merged")
 
 
-def run(cfg, claim: RunClaim | None = None) -> dict:
+def run(cfg, claim: RunClaim | None = None, stop: StopSignals | None = None) -> dict:
     """Train and evaluate ``cfg`` in its directory (``cfg.output_dir``), resuming from its latest checkpoint;
     returns the metrics written to ``metrics.json``. ``claim``: the caller's (:func:`execute`, which releases
-    it after its own bookkeeping), else one held for this call."""
+    it after its own bookkeeping), else one held for this call; ``stop``: the run's stop signals (see execute)."""
+    from .validation import validate_config
+
     run_dir = Path(cfg.output_dir)
     if claim is None:
+        validate_config(cfg)  # before the lock file is written
         with RunClaim(run_dir) as claim:
-            return run(cfg, claim)
+            return run(cfg, claim, stop)
+    validate_config(cfg)  # before anything is written (from the command line: also before Hydra's directory)
     export_slurm_environment()  # a SLURM task knows its rank before the lock (a no-op otherwise, or if done)
     if is_main_process():  # rank 0 alone locks: the other ranks of the run are not refused by it
         done = claim.acquire(cfg)
@@ -295,7 +299,7 @@ def run(cfg, claim: RunClaim | None = None) -> dict:
         if main:
             open_run_dir(run_dir, cfg)
         accelerator.wait_for_everyone()  # a fresh start's previous run is moved aside before any rank resumes
-        result = train_and_evaluate(cfg, accelerator, run_dir)
+        result = train_and_evaluate(cfg, accelerator, run_dir, stop)
         metrics = {**result.metrics, "metrics_format": METRICS_FORMAT, "git": git_info(),
                    "versions": package_versions()}
         result.method.gather(result.model)  # every rank: a sharded (FSDP) model is collected on rank 0 to be saved
@@ -312,7 +316,25 @@ def run(cfg, claim: RunClaim | None = None) -> dict:
 
 
 def execute(cfg, multirun: bool = False):
-    """Run ``cfg`` unless already complete; returns the main validation metric (for Hydra sweepers)."""
+    """Run ``cfg`` unless already complete; returns the main validation metric (for Hydra sweepers).
+
+    The stop signals (``train.stop_signals``) and Ctrl-C are the run's from here to the end: before training
+    they stop it at once, status ``preempted`` (Ctrl-C: ``interrupted``), exit code 128 + signal; once it
+    trains, after a checkpoint of the latest step (see :class:`rocoft.checkpoint.StopSignals`)."""
+    try:
+        stop = StopSignals(cfg.train.stop_signals, interrupt=True, immediate=True)
+    except UserError as e:  # a bad train.stop_signals
+        print(f"\nerror: {e}", file=sys.stderr)
+        sys.exit(USER_ERROR_EXIT)
+    with stop:
+        try:
+            return _execute(cfg, multirun, stop)
+        except Preempted as e:  # before the run began (deciding whether to skip it): nothing to record
+            print(f"\n{cfg.output_dir}: {e}.", file=sys.stderr)
+            sys.exit(128 + e.signum)
+
+
+def _execute(cfg, multirun: bool, stop: StopSignals):
     run_dir = Path(cfg.output_dir)
     export_slurm_environment()  # one task of a multi-task SLURM job: a rank of one run (no-op otherwise)
     quiet_other_ranks(run_dir)  # rank 0 alone logs into run_dir
@@ -322,25 +344,31 @@ def execute(cfg, multirun: bool = False):
         if done is not None:
             print(f"{run_dir} is complete: skipping (force=true re-runs it).")
             return main_value(done)
-        metrics = run(cfg, claim)
+        metrics = run(cfg, claim, stop)
     except RunDirRefused as e:  # in use by another process, or a run of other settings: nothing touched
         print(f"\nerror: {e}", file=sys.stderr)
         if multirun:
             return None
         sys.exit(USER_ERROR_EXIT)
     except Preempted as e:
-        if e.main:
-            write_status(run_dir, "preempted", step=e.step, signal=signal.Signals(e.signum).name)
-            again = "again without force=true" if cfg.force else "again"
-            print(f"\n{run_dir}: {e}. Run the same command {again} to resume (a SLURM job is requeued).",
-                  file=sys.stderr, flush=True)
-        hand_on(e)  # under SLURM: the job requeued (submitit's handler, which exits, or scontrol requeue)
+        if e.main and claim.held and not (run_dir / "metrics.json").exists():  # (a forced re-run stopped before
+            write_status(run_dir, "interrupted" if e.interrupted else "preempted", step=e.step, stage=e.stage,
+                         signal=signal.Signals(e.signum).name)  # it began: untouched)
+            again = "again without force=true" if cfg.force and e.step is not None else "again"
+            print(f"\n{run_dir}: {e}. Run the same command {again} to "
+                  f"{'resume' if e.step is not None else 'start it'}"
+                  f"{'' if e.interrupted else ' (a SLURM job is requeued)'}.", file=sys.stderr, flush=True)
+        if not e.interrupted:
+            hand_on(e)  # under SLURM: the job requeued (submitit's handler, which exits, or scontrol requeue)
         sys.exit(128 + e.signum)
-    except (KeyboardInterrupt, SystemExit) as e:  # Ctrl-C, or submitit's signal handler exiting outside the loop
+    except KeyboardInterrupt:  # Ctrl-C twice: stopped at once, without a checkpoint of the latest step
         if claim.held and (read_json(run_dir / "status.json") or {}).get("status") == "running":
-            write_status(run_dir, "preempted", error=f"{type(e).__name__}"
-                         f"{'' if isinstance(e, KeyboardInterrupt) else f' (exit code {e.code})'} before a checkpoint",
-                         step=None)
+            write_status(run_dir, "interrupted", error="Ctrl-C twice: stopped before a checkpoint", step=None)
+        print(f"\n{run_dir}: interrupted (Ctrl-C twice); no checkpoint of the latest step.", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
+    except SystemExit as e:  # submitit's signal handler exiting outside the loop
+        if claim.held and (read_json(run_dir / "status.json") or {}).get("status") == "running":
+            write_status(run_dir, "preempted", error=f"SystemExit (exit code {e.code}) before a checkpoint", step=None)
         raise
     except UserError as e:
         print(f"\nerror: {e}", file=sys.stderr)
@@ -364,6 +392,11 @@ def execute(cfg, multirun: bool = False):
         raise
     finally:
         claim.release()  # after the bookkeeping above: a failed fresh start puts the previous run back
+    if stop.received is not None:  # a stop signal while the results were written: the run completed first
+        print(f"\n{run_dir}: complete; then stopped by {signal.Signals(stop.received).name}.", file=sys.stderr)
+        if stop.received != signal.SIGINT:
+            hand_on(Preempted(stop.received, metrics["steps"], previous=stop.previous_handler(stop.received)))
+        sys.exit(128 + stop.received)
     return main_value(metrics)
 
 

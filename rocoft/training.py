@@ -16,8 +16,11 @@ Accelerate handles the device, mixed precision, gradient accumulation and multi-
 
 from __future__ import annotations
 
+import errno
+import gc
 import importlib.util
 import math
+import shutil
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -44,6 +47,7 @@ from .sharded import is_sharded
 from .tasks import build_task
 from .tracking import TRACKERS, start_trackers
 from .utils import JsonlLog, peak_memory, reset_peak_memory, run_settings
+from .validation import check_max_length, check_positions
 
 
 def build_accelerator(cfg) -> Accelerator:
@@ -106,13 +110,16 @@ def build_optimizer(model, train_cfg) -> torch.optim.Optimizer:
 
 
 @torch.no_grad()
-def evaluate(model, loader, task, accelerator, dataset, split: str):
+def evaluate(model, loader, task, accelerator, dataset, split: str, before_batch=None):
     """Run ``task.predict_step`` over ``loader`` on every process; score the gathered outputs with
-    ``task.score(outputs, dataset)``. Returns the metrics and the per-example records (or None)."""
+    ``task.score(outputs, dataset)``. Returns the metrics and the per-example records (or None).
+    ``before_batch()`` runs before each batch (the final evaluation's stop check)."""
     was_training = model.training
     model.eval()
     outputs = defaultdict(list)
     for batch in tqdm(loader, desc=split, leave=False, disable=not accelerator.is_local_main_process):
+        if before_batch is not None:
+            before_batch()
         for k, v in accelerator.gather_for_metrics(task.predict_step(model, batch)).items():
             outputs[k].append(v.cpu())
     model.train(was_training)
@@ -135,6 +142,7 @@ def setup_data(cfg, accelerator) -> Data:
     tcfg, dcfg = cfg.train, cfg.data
     task = build_task(cfg.task, cfg.model)
     tokenizer = load_tokenizer(cfg.model)
+    check_max_length(dcfg.max_length, tokenizer, texts=len(getattr(task, "text_fields", ())) or 1)
     raw = task.splits(dcfg.max_train_samples, dcfg.max_eval_samples)
     datasets = {split: task.encode(df, tokenizer, dcfg.max_length, split) for split, df in raw.items()}
     if len(datasets["train"]) < tcfg.batch_size:
@@ -178,6 +186,7 @@ def setup_model(cfg, data: Data, accelerator) -> Trainee:
     set_seed(cfg.seed)
     method = build_method(cfg.method, cfg.model, task.kind, cfg.seed)
     model = build_model(cfg.model, task.kind, task.num_labels, data.tokenizer, dropout=cfg.dropout)
+    check_positions(cfg.data.max_length, model.config, cfg.model.name)
     base_total = sum(p.numel() for p in model.parameters())
     # split_batches: every process iterates all len(train_loader) batches (each a slice of the global batch)
     steps_per_epoch = math.ceil(len(data.train_loader) / tcfg.gradient_accumulation_steps)
@@ -244,10 +253,47 @@ def stop_now(stop: StopSignals, accelerator, trainee: Trainee, checkpointer: Che
     signum = stop.agreed()
     if signum is None:
         return
-    unwrapped = accelerator.unwrap_model(trainee.model)
-    checkpointer.save(unwrapped, trainee.optimizer, trainee.scheduler, position, trainee.method.extra_state(unwrapped))
+    save_checkpoint(accelerator, trainee, checkpointer, position)
     log.close()
-    raise Preempted(signum, position.step, previous=stop.previous_handler(signum), main=accelerator.is_main_process)
+    raise Preempted(signum, position.step, previous=stop.previous_handler(signum), main=accelerator.is_main_process,
+                    stage=stop.stage)
+
+
+def save_checkpoint(accelerator, trainee: Trainee, checkpointer: Checkpointer, position: Position) -> None:
+    """A checkpoint at ``position``. A write that fails (a full disk) leaves no partial ``.tmp-*`` folder
+    (the previous checkpoints stay intact): a full disk is a :class:`UserError` that says so."""
+    unwrapped = accelerator.unwrap_model(trainee.model)
+    try:
+        checkpointer.save(unwrapped, trainee.optimizer, trainee.scheduler, position,
+                          trainee.method.extra_state(unwrapped))
+        return
+    except BaseException as e:
+        for partial in checkpointer.dir.glob(".tmp-*"):  # this run's unfinished write (the run holds its directory)
+            shutil.rmtree(partial, ignore_errors=True)
+        if not disk_full(e, checkpointer.dir):
+            raise
+    # raised here, not in the except block: the failed write's traceback (whose frames hold its open file, so
+    # the space of the removed folder) is released first, and the run can then record that it failed
+    gc.collect()
+    raise UserError(f"The disk is full: could not write the checkpoint of step {position.step} in "
+                    f"{checkpointer.dir}; the unfinished checkpoint was removed and the previous ones are intact. "
+                    f"Free space (or choose another results_dir=...) and run the same command again to resume.")
+
+
+def disk_full(error: BaseException, directory: Path) -> bool:
+    """Whether ``error`` comes from a full disk: an ENOSPC / EDQUOT OSError in its chain (torch.save wraps
+    it in a RuntimeError, or, writing to a path, reports only a short write), else under 1 MiB left."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    if not isinstance(error, (OSError, RuntimeError)):
+        return False
+    try:
+        return shutil.disk_usage(directory).free < 2**20
+    except OSError:
+        return False
 
 
 def fit(cfg, accelerator, data: Data, trainee: Trainee, position: Position, log: JsonlLog,
@@ -306,8 +352,7 @@ def fit(cfg, accelerator, data: Data, trainee: Trainee, position: Position, log:
             position = Position(step, epoch + at_end, 0 if at_end else in_epoch, history, clock.elapsed())
             stop_now(stop, accelerator, trainee, checkpointer, position, log)
             if tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0:
-                unwrapped = accelerator.unwrap_model(model)
-                checkpointer.save(unwrapped, optimizer, scheduler, position, method.extra_state(unwrapped))
+                save_checkpoint(accelerator, trainee, checkpointer, position)
             if step >= total:
                 break
         else:
@@ -316,16 +361,21 @@ def fit(cfg, accelerator, data: Data, trainee: Trainee, position: Position, log:
     return Position(step, epoch, in_epoch, history, clock.elapsed())
 
 
+def enter_stage(stage: str, stop: StopSignals, accelerator) -> None:
+    """Say which stage the run enters (one line on the main process; the stop messages name it too)."""
+    stop.stage = stage
+    accelerator.print(f"[{stage}]", flush=True)
+
+
 # ---- stage 4: final evaluation
-def final_evaluation(accelerator, data: Data, trainee: Trainee, step: int, log: JsonlLog, before_split=None):
-    """Score every evaluation split: ``({split: metrics}, {split: records or None})``. ``before_split()``
-    runs before each (a stop check: a stop signal during the final evaluation checkpoints and stops there)."""
+def final_evaluation(accelerator, data: Data, trainee: Trainee, step: int, log: JsonlLog, before_batch=None):
+    """Score every evaluation split: ``({split: metrics}, {split: records or None})``. ``before_batch()``
+    runs before each batch (a stop check: a stop signal during the final evaluation checkpoints and stops
+    there; the resumed run redoes the final evaluation)."""
     metrics, records = {}, {}
     for split, loader in data.eval_loaders.items():
-        if before_split is not None:
-            before_split()
         metrics[split], records[split] = evaluate(trainee.model, loader, data.task, accelerator,
-                                                  data.datasets[split], split)
+                                                  data.datasets[split], split, before_batch)
         log.write(step=step, split=split, final=True, **metrics[split])
         accelerator.log({f"final/{split}/{k}": v for k, v in metrics[split].items()}, step=step)
     return metrics, records
@@ -341,15 +391,26 @@ class Result:
     method: Method  # saves the model's artifact
 
 
-def train_and_evaluate(cfg, accelerator: Accelerator, run_dir: Path) -> Result:
-    """All four stages; resumes from the latest checkpoint in ``run_dir/checkpoints`` (``train.resume``)."""
+def train_and_evaluate(cfg, accelerator: Accelerator, run_dir: Path, stop: StopSignals | None = None) -> Result:
+    """All four stages; resumes from the latest checkpoint in ``run_dir/checkpoints`` (``train.resume``).
+
+    ``stop``: the run's stop signals, installed by the caller for the whole run (:func:`rocoft.runs.execute`);
+    None: held here, from the start to the end of the final evaluation. Until training starts a stop signal
+    stops the run at once (nothing to save); from then on, at the next step boundary (or batch of the final
+    evaluation), after a checkpoint of the latest step."""
+    if stop is None:
+        with StopSignals(cfg.train.stop_signals, immediate=True) as stop:
+            return train_and_evaluate(cfg, accelerator, run_dir, stop)
     clock = Clock(accelerator.device)
     transformers.logging.set_verbosity_error()  # the load report of a new task head is expected
     transformers.utils.logging.disable_progress_bar()
     reset_peak_memory(accelerator.device)
     main = accelerator.is_main_process
+    stop.device = accelerator.device
     start_trackers(cfg, accelerator, run_dir)
+    enter_stage("data preparation", stop, accelerator)
     data = setup_data(cfg, accelerator)
+    enter_stage("model loading", stop, accelerator)
     trainee = setup_model(cfg, data, accelerator)
     sharded = is_sharded(trainee.model)  # FSDP: every rank writes its shards of each checkpoint
     checkpointer = Checkpointer(run_dir / "checkpoints", keep=cfg.train.keep_checkpoints, enabled=main or sharded,
@@ -357,18 +418,21 @@ def train_and_evaluate(cfg, accelerator: Accelerator, run_dir: Path) -> Result:
     resumed = resume(cfg, trainee, checkpointer, accelerator)
     position = resumed.position if resumed else Position()
     clock.earlier = position.elapsed  # time and memory of the run before its last resume
+    stop.immediate = False  # from here on a stop waits for a step boundary and saves a checkpoint first
+    if stop.received is not None:  # a stop the handler's exception did not end (caught on its way)
+        raise Preempted(stop.received, None, previous=stop.previous_handler(stop.received), stage=stop.stage)
     log = JsonlLog(run_dir / "log.jsonl", enabled=main, keep_until_step=position.step if resumed else None)
-    # the stop signals are the loop's from here to the end of the final evaluation (under SLURM, submitit's
-    # handlers hold them before and after)
-    with StopSignals(cfg.train.stop_signals, device=accelerator.device) as stop:
-        position = fit(cfg, accelerator, data, trainee, position, log, checkpointer, clock, stop)
-        train_time = clock.training()
-        done = position
-        final, records = final_evaluation(
-            accelerator, data, trainee, position.step, log,
-            before_split=lambda: stop_now(stop, accelerator, trainee, checkpointer,
-                                          Position(done.step, done.epoch, done.in_epoch, done.history,
-                                                   clock.elapsed()), log))
+    enter_stage("training", stop, accelerator)
+    position = fit(cfg, accelerator, data, trainee, position, log, checkpointer, clock, stop)
+    train_time = clock.training()
+    done = position
+    enter_stage("final evaluation", stop, accelerator)
+    final, records = final_evaluation(
+        accelerator, data, trainee, position.step, log,
+        before_batch=lambda: stop_now(stop, accelerator, trainee, checkpointer,
+                                      Position(done.step, done.epoch, done.in_epoch, done.history,
+                                               clock.elapsed()), log))
+    stop.stage = "writing the results"
     log.close()
     metrics = {
         "model": cfg.model.name, "task": cfg.task.name, "method": cfg.method.name,

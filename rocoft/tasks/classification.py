@@ -55,6 +55,17 @@ class ClassificationTask(Task):
     def required_columns(self, split: str) -> list[str]:
         return self.text_fields + [self.label_field]
 
+    def prepare(self, df, split: str):
+        """As read, once blank labels are refused: an empty cell is no label (else it would become a class)."""
+        labels = df[self.label_field]
+        blank = labels.isna() | labels.map(lambda v: isinstance(v, str) and not v.strip())
+        if blank.any():
+            rows = (blank.to_numpy().nonzero()[0] + 1).tolist()
+            shown = ", ".join(map(str, rows[:10])) + (f" and {len(rows) - 10} more" if len(rows) > 10 else "")
+            raise UserError(f"Task {self.name!r} ({split}): {len(rows)} row(s) have a blank {self.label_field!r} "
+                            f"label: data row(s) {shown} (1 = the first data row). Fill them in or remove them.")
+        return df
+
     # ---- the label set: the config's, else inferred from the training labels (the same on every call)
     def label_set(self, train: pd.DataFrame | None = None) -> LabelSet:
         """``task.num_labels`` / ``task.label_names`` as given; what they leave open comes from the training

@@ -72,8 +72,10 @@ def read_table(path) -> pd.DataFrame:
         raise UserError(f"Unsupported data file {path}: use one of {', '.join(TABLES)}.")
     if not path.is_file():
         raise UserError(f"Data file {path} does not exist.")
+    if suffix == ".json":  # a JSON array of records (or pandas' columns layout), or JSON lines under a .json name
+        check_json_table(_json(path), path)
     try:
-        if suffix == ".json":  # a JSON array of records, or JSON lines under a .json name
+        if suffix == ".json":
             try:
                 return pd.read_json(path)
             except ValueError:
@@ -88,6 +90,24 @@ def _json(path: Path):
         return json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError):
         return None  # JSON lines under a .json name, or not JSON: the next reader says what is wrong
+
+
+def check_json_table(data, path) -> None:
+    """A .json table holds a list of records (``[{"text": ..., "label": ...}, ...]``), or pandas' columns
+    layout (``{"text": {"0": ...}, "label": {"0": ...}}``, or lists); ``data`` None: not one JSON document
+    (JSON lines, read as such). Anything else (one record, records under a key, a scalar) is an error."""
+    if data is None:
+        return
+    if isinstance(data, list) and all(isinstance(r, dict) for r in data):
+        return
+    if isinstance(data, dict) and data and all(
+            isinstance(v, dict) or (isinstance(v, list) and not any(isinstance(x, dict) for x in v))
+            for v in data.values()):
+        return
+    found = (f"a JSON object with keys {list(data)[:5]}" if isinstance(data, dict)
+             else "a JSON list of non-records" if isinstance(data, list) else f"a JSON {type(data).__name__}")
+    raise UserError(f"Could not read data file {path}: it holds {found}; a .json data file must be a list of "
+                    f'records, one per example ([{{"text": ..., "label": ...}}, ...]), or JSON lines.')
 
 
 def read_squad(path) -> pd.DataFrame:
