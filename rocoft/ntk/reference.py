@@ -53,7 +53,7 @@ def brute_force_kernel(model: nn.Module, fn, pset: ParamSet, batches_a, batches_
     params = dict(model.named_parameters())
     extra = extra or {}
     names = list(pset.selections)
-    tensors = {n: extra.get(n, params[n]) for n in names}
+    tensors = {n: extra[n] if n in extra else params[n] for n in names}
     sizes = [pset.selections[n].count(tensors[n].shape) if n not in extra else tensors[n].numel() for n in names]
     batches_a = list(batches_a)
     batches_b = batches_a if batches_b is None else list(batches_b)
@@ -77,5 +77,7 @@ def brute_force_kernel(model: nn.Module, fn, pset: ParamSet, batches_a, batches_
         model.train(was_training)
     with torch.no_grad():
         classes = fn(batches_a[0]).shape[1]
-    n, m = total.shape[0] // classes, total.shape[1] // classes
+        n, m = (sum(fn(b).shape[0] for b in bs) for bs in (batches_a, batches_b))
+    if total is None:  # an empty set
+        total = torch.zeros(n * classes, m * classes, dtype=torch.float64)
     return total.reshape(n, classes, m, classes)
