@@ -64,6 +64,19 @@ def roberta_base_shape():
     return RobertaForSequenceClassification(config), config
 
 
+def expected_counts(name, r, h, f, L):
+    """(trainable without the head, added) over the query, key, value, attention output, FFN in and FFN out
+    matrices of L layers (hidden h, FFN f), from each paper's definition."""
+    shapes = [(h, h)] * 4 + [(f, h), (h, f)]  # (d_out, d_in)
+    per_matrix = {  # (trainable, added) per adapted matrix
+        "moslora": lambda o, i: (r * (i + o) + r * r,) * 2,
+        "lora_xs": lambda o, i: (r * r, r * (i + o) + r * r),
+        "sft": lambda o, i: (r * (i + o),) * 2,
+        "diff_pruning": lambda o, i: (2 * o * i,) * 2,
+    }[name]
+    return (L * sum(per_matrix(o, i)[0] for o, i in shapes), L * sum(per_matrix(o, i)[1] for o, i in shapes))
+
+
 @pytest.mark.parametrize("name", METHODS)
 def test_counts_and_shapes_at_roberta_base_shape(name):
     r = 8
@@ -72,15 +85,7 @@ def test_counts_and_shapes_at_roberta_base_shape(name):
     base_total = sum(p.numel() for p in model.parameters())
     h, f, L = config.hidden_size, config.intermediate_size, config.num_hidden_layers
     assert (h, f) == (768, 3072)
-    shapes = [(h, h)] * 4 + [(f, h), (h, f)]  # (d_out, d_in): query, key, value, attention output, FFN in, FFN out
-    per_matrix = {  # (trainable, added) per adapted matrix, from each paper's definition
-        "moslora": lambda o, i: (r * (i + o) + r * r,) * 2,
-        "lora_xs": lambda o, i: (r * r, r * (i + o) + r * r),
-        "sft": lambda o, i: (r * (i + o),) * 2,
-        "diff_pruning": lambda o, i: (2 * o * i,) * 2,
-    }[name]
-    trainable = L * sum(per_matrix(o, i)[0] for o, i in shapes)
-    added = L * sum(per_matrix(o, i)[1] for o, i in shapes)
+    trainable, added = expected_counts(name, r, h, f, L)
     head = h * h + h + h * 2 + 2  # RobertaClassificationHead: dense + out_proj
     model = method.apply(model, total_steps=10)
     report = method.parameter_report(model, base_total)

@@ -10,6 +10,7 @@ import time
 
 import pandas as pd
 import pytest
+import torch
 
 from conftest import ROOT, compose_config, small_run_overrides
 from rocoft.runs import execute
@@ -26,12 +27,18 @@ def train(results, *extra, wait=True):
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.parametrize("method", ["rocoft_row_r3", "adalora"])  # adalora: its importance averages resume too
-def test_sigterm_mid_run_then_resume_gives_the_uninterrupted_metrics(tmp_path, method):
-    run = (*RUN[:2], {"adalora": "adalora_r3"}.get(method, method), RUN[3])
-    reference = train(tmp_path / "ref", f"method={method}")
+# adalora: its importance averages resume too. sft: its trained entries and gradient window; regrowth at steps
+# 3, 7, ..., 39 (3 of every 4 steps read gradients; rate 1 so entries move at each), before and after the stop.
+# diff_pruning: its masks, projected at step 10 (before the stop), the rest fine-tuning under them.
+@pytest.mark.parametrize("method,extra", [("rocoft_row_r3", ()), ("adalora", ()),
+                                          ("sft", ("method.regrow_every=4", "method.accumulation_steps=3",
+                                                   "method.regrow_rate=1.0")),
+                                          ("diff_pruning", ("method.project_at=0.25",))])
+def test_sigterm_mid_run_then_resume_gives_the_uninterrupted_metrics(tmp_path, method, extra):
+    run = (*RUN[:2], method if method.endswith("_r3") else f"{method}_r3", RUN[3])
+    reference = train(tmp_path / "ref", f"method={method}", *extra)
     assert reference.returncode == 0, reference.stderr[-2000:]
-    proc = train(tmp_path / "killed", f"method={method}", wait=False)
+    proc = train(tmp_path / "killed", f"method={method}", *extra, wait=False)
     log = tmp_path.joinpath("killed", *run, "log.jsonl")
     deadline = time.time() + 300
     while time.time() < deadline:  # wait until it is past the first epoch's middle, then preempt it
@@ -47,7 +54,8 @@ def test_sigterm_mid_run_then_resume_gives_the_uninterrupted_metrics(tmp_path, m
     assert not (run_dir / "metrics.json").exists() and list((run_dir / "checkpoints").glob("step_*"))
     before = max(json.loads(p.read_text())["elapsed"]["train_time_s"]
                  for p in (run_dir / "checkpoints").glob("step_*/state.json"))
-    resumed = train(tmp_path / "killed", f"method={method}")
+    stopped = method_state_at_the_stop(run_dir)
+    resumed = train(tmp_path / "killed", f"method={method}", *extra)
     assert resumed.returncode == 0 and "Resuming from" in resumed.stdout, resumed.stderr[-2000:]
     a = json.loads((run_dir / "metrics.json").read_text())
     b = json.loads(tmp_path.joinpath("ref", *run, "metrics.json").read_text())
@@ -56,6 +64,32 @@ def test_sigterm_mid_run_then_resume_gives_the_uninterrupted_metrics(tmp_path, m
     assert (run_dir / "log.jsonl").read_text() == tmp_path.joinpath("ref", *run, "log.jsonl").read_text()
     assert not (run_dir / "checkpoints").exists()  # removed once the run is complete
     assert a["resumed"] and a["train_time_s"] > before > 0  # the time before the kill counts too
+    if method in ("sft", "diff_pruning"):
+        from safetensors.torch import load_file
+
+        final = {k: v.sort()[0] for k, v in load_file(run_dir / "adapter" / "adapter.safetensors").items()
+                 if k.endswith(".indices")}
+        at_stop = {n: i.sort()[0] for n, i in stopped["indices" if method == "sft" else "masks"].items()}
+        assert len(at_stop) == 12  # 6 matrices x 2 layers: every one carried through the checkpoint
+        if method == "sft":  # entries regrown before the stop (from the seeded start) and after it
+            from rocoft.methods import build_method
+            from rocoft.models import build_model
+
+            cfg = compose_config(["model=tiny_encoder", f"method={method}", *extra])
+            sft = build_method(cfg.method, cfg.model, "classification", seed=0)
+            start = {n: w.indices.sort()[0] for n, w in sft.wrappers(sft.apply(build_model(
+                cfg.model, "classification", 2), total_steps=40))}
+            assert all(not torch.equal(start[n], i) for n, i in at_stop.items())
+            assert all(not torch.equal(final[f"{n}.indices"], i) for n, i in at_stop.items())
+        else:  # the saved diff keeps the entries of the masks the checkpoint carried
+            assert all(torch.equal(final[f"{n}.indices"], i) for n, i in at_stop.items())
+
+
+def method_state_at_the_stop(run_dir):
+    """The method's extra state in the stopped run's latest checkpoint."""
+    latest = max((run_dir / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+    path = latest / "method_state.pt"
+    return torch.load(path, weights_only=False) if path.is_file() else None
 
 
 def signalled_while_training(tmp_path, signum):
