@@ -59,7 +59,8 @@ METRICS_FORMAT = 2  # metrics.json version: 2 = every score a fraction (1, unver
 ASIDE = ".previous_run"  # a fresh start's previous run, until the new run has a checkpoint or completes
 REPLACED = ".replaced_run"  # a complete run replaced by a forced one that stopped unfinished
 # in a run directory, never moved aside: the lock, the folders above, and what every invocation adds to
-KEPT = {DirectoryLock.NAME, ASIDE, ASIDE + ".partial", REPLACED, ".hydra", "wandb", "tensorboard"}
+# (and scripts/ntk.py's kernels/: each kernel file is reused only while its inputs hash matches)
+KEPT = {DirectoryLock.NAME, ASIDE, ASIDE + ".partial", REPLACED, ".hydra", "wandb", "tensorboard", "kernels"}
 
 
 class RunDirRefused(UserError):
@@ -140,7 +141,7 @@ def open_run_dir(run_dir: Path, cfg) -> None:
     from omegaconf import OmegaConf
 
     check_output_dir(run_dir)
-    if cfg.force or not cfg.train.resume:
+    if cfg.force or not OmegaConf.select(cfg, "train.resume", default=True):  # (scripts/ntk.py: no train.*)
         put_aside(run_dir)
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     write_status(run_dir, "running")

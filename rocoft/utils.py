@@ -142,7 +142,7 @@ class DirectoryLock:
 # settings that do not change what a run computes: a run directory may be resumed or skipped across them
 NEUTRAL = {"force", "results_dir", "output_dir", "device", "logger", "save", "hydra", "train.resume",
            "train.checkpoint_every", "train.keep_checkpoints", "train.log_every", "train.eval_batch_size",
-           "train.stop_signals"}
+           "train.stop_signals", "kernel_dir"}  # kernel_dir: scripts/ntk.py's kernel files
 
 
 def run_settings(cfg) -> dict:

@@ -113,7 +113,11 @@ def check_positions(max_length: int, config, model_name: str) -> None:
 class CheckBeforeRun(Callback):
     """Hydra callback (``hydra.callbacks`` in conf/config.yaml): before Hydra creates the run directory,
     check the config (:func:`validate_config`) and that the run directory can be written; either problem
-    is one message on stderr and exit code 2, with nothing created (a bad config) or written."""
+    is one message on stderr and exit code 2, with nothing created (a bad config) or written. ``validate``: the
+    dotted name of the check (default :func:`validate_config`; ``conf/ntk.yaml`` names scripts/ntk.py's)."""
+
+    def __init__(self, validate: str = "rocoft.validation.validate_config"):
+        self.validate = validate
 
     def on_run_start(self, config, **kwargs) -> None:
         self._check(config, Path(str(config.hydra.run.dir)), validate=True)
@@ -127,7 +131,9 @@ class CheckBeforeRun(Callback):
 
         try:
             if validate:
-                validate_config(config)
+                from hydra.utils import get_method
+
+                get_method(self.validate)(config)
             check_output_dir(directory)
         except UserError as e:
             print(f"\nerror: {e}", file=sys.stderr)

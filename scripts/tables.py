@@ -4,7 +4,8 @@ Run from the repository root with the virtualenv active (``. .venv/bin/activate`
 
     python scripts/tables.py                                   # everything: results/ -> results/tables/
     python scripts/tables.py --table 1 8 suite                 # Tables 1 and 8 and the suite table
-    python scripts/tables.py --table figures --out /tmp/figs   # Figure 2, Figure 4, rank-ablation curves
+    python scripts/tables.py --table figures --out /tmp/figs   # Figures 2, 3/6 (kernels), 4, 5 (spectra), ranks
+    python scripts/tables.py --results results/ntk --table 4 5 fig3 fig5   # the kernel analysis (scripts/ntk.py)
     python scripts/tables.py --format md csv --split validation
     python scripts/tables.py --table 1 --rank lora=8 adalora=8   # which suite rank a rank-less paper row uses
 
@@ -36,7 +37,7 @@ if str(ROOT) not in sys.path:
 
 from rocoft.reporting import PAPER_TABLES, build_report  # noqa: E402
 
-CHOICES = ["all", "suite", "figures", "fig2", "fig4", "ranks"] + [str(n) for n in PAPER_TABLES]
+CHOICES = ["all", "suite", "figures", "fig2", "fig3", "fig4", "fig5", "ranks"] + [str(n) for n in PAPER_TABLES]
 FORMATS = {"md": "md", "markdown": "md", "latex": "latex", "tex": "latex", "csv": "csv"}
 
 

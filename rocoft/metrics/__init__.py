@@ -19,7 +19,7 @@ from .squad import normalize_answer, score_one, squad_metrics, token_f1
 
 # Per-split metrics.json keys that are not scores (reported as they are, never x100).
 UNSCALED = frozenset({"loss", "perplexity", "examples", "unparseable", "gen_words", "HasAns_total", "NoAns_total",
-                      "n"})
+                      "n", "kernel_rel_diff_l1", "kernel_rel_diff_l2", "kernel_params"})
 
 __all__ = ["ROUGE_KEYS", "UNSCALED", "classification_metrics", "extract_label", "extract_letter", "extract_number",
            "gold_text", "normalize_answer", "regression_metrics", "rouge", "rouge_scores", "score_one",

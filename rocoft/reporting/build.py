@@ -8,14 +8,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from .figures import plot_memory_time, plot_rank_ablation, plot_selection
+from .figures import plot_kernels, plot_memory_time, plot_rank_ablation, plot_selection, plot_spectra
 from .frame import groups, run_table
 from .paper import PAPER_TABLES, load_paper_numbers
 from .paper_tables import render_paper_table
 from .runs import Issue, scan_results
 from .suite import render_suite_overview, render_suite_table, suite_markdown, write_suite
 
-FIGURES = {"fig2": plot_memory_time, "fig4": plot_selection, "ranks": plot_rank_ablation}
+FIGURES = {"fig2": plot_memory_time, "fig4": plot_selection, "ranks": plot_rank_ablation,
+           "fig3": plot_kernels, "fig5": plot_spectra}
 
 
 def issues_markdown(issues: list[Issue], root: Path | None = None, limit: int = 20) -> str:

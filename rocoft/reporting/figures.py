@@ -167,3 +167,87 @@ def plot_rank_ablation(frame: pd.DataFrame, out_dir: Path, split: str | None = N
         fig.tight_layout()
         written += _save(fig, out_dir, f"rank_ablation_{task}_{model}")
     return written, []
+
+
+# ---- the kernel analysis (scripts/ntk.py runs): Figures 3 / 6 and 5
+KERNEL_SETS = (("full", "K_θ (full)"), ("rows", "K_θR (rows)"), ("cols", "K_θC (columns)"), ("lora", "K_LoRA"))
+
+
+def _ntk_runs(frame: pd.DataFrame) -> dict[tuple, list[Path]]:
+    """(model, task, variant) -> the eNTK run directories (one per seed, in seed order)."""
+    runs = run_table(frame)
+    runs = runs[runs.kind == "ntk"]
+    out: dict[tuple, list] = {}
+    for r in runs.sort_values("seed", key=lambda s: s.astype(str)).itertuples(index=False):
+        path = Path(str(r.run).split("#")[0])
+        key = (r.model, r.task, r.variant)
+        if path not in out.setdefault(key, []):
+            out[key].append(path)
+    return out
+
+
+def _read_metrics(path: Path) -> dict:
+    import json
+    return json.loads((path / "metrics.json").read_text())
+
+
+def plot_kernels(frame: pd.DataFrame, out_dir: Path, split: str | None = None) -> tuple[list[Path], list[str]]:
+    """Figures 3 / 6: the train kernels of the full, rows, columns and LoRA sets side by side, one figure per
+    (model, task, k), from the first seed's run (its ``kernels/``). Rows and columns are (label logit c,
+    example i), the examples ordered by label, so a C-class task shows C x C blocks, as in the paper."""
+    import torch
+
+    from rocoft.ntk.analysis import load_kernel
+
+    written, notes = [], []
+    for (model, task, variant), paths in sorted(_ntk_runs(frame).items()):
+        run = paths[0]
+        metrics = _read_metrics(run)
+        kdir = Path(metrics.get("kernel_dir") or run / "kernels")
+        kdir = kdir if kdir.is_absolute() and kdir.is_dir() else run / "kernels"
+        shown = [(name, title) for name, title in KERNEL_SETS if (kdir / f"{name}.pt").is_file()]
+        if not shown:
+            notes.append(f"Kernel heatmaps: skipped {model}/{task}/{variant}: no kernel files in {kdir}.")
+            continue
+        plt = _plt()
+        fig, axes = plt.subplots(1, len(shown), figsize=(3.6 * len(shown), 3.4), squeeze=False)
+        for ax, (name, title) in zip(axes[0], shown):
+            kernels, meta = load_kernel(kdir / f"{name}.pt")
+            k = kernels["train"]
+            order = torch.as_tensor(np.argsort(np.asarray(meta["labels_train"]), kind="stable"))
+            k = k[order][:, :, order].permute(1, 0, 3, 2)
+            mat = k.reshape(k.shape[0] * k.shape[1], -1).numpy()
+            im = ax.imshow(mat, cmap="viridis")
+            ax.set_title(title, fontsize=10)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        fig.suptitle(f"eNTK, {task} {variant}, {model} (seed {metrics['seed']}; examples ordered by label)",
+                     fontsize=10)
+        written += _save(fig, Path(out_dir), f"ntk_kernels_{model}_{task}_{variant.replace('=', '')}")
+    if not written and not notes:
+        notes.append("Kernel heatmaps (Figures 3 / 6): skipped, no eNTK runs (scripts/ntk.py).")
+    return written, notes
+
+
+def plot_spectra(frame: pd.DataFrame, out_dir: Path, split: str | None = None) -> tuple[list[Path], list[str]]:
+    """Figure 5: eigenvalues of the full, rows, columns (and LoRA) train kernels (``metrics.json``'s
+    ``eigenvalues``, the top ones kept), each divided by its kernel's trace over the kept ones (the paper
+    rescales per task; the subsets' kernels are orders of magnitude smaller, so each is normalised to compare
+    shapes), log scale; one panel per (model, task, k), the first seed."""
+    groups_ = sorted(_ntk_runs(frame).items())
+    if not groups_:
+        return [], ["Eigenvalue spectra (Figure 5): skipped, no eNTK runs (scripts/ntk.py)."]
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(groups_), figsize=(4 * len(groups_), 3.3), squeeze=False)
+    for ax, ((model, task, variant), paths) in zip(axes[0], groups_):
+        eig = _read_metrics(paths[0]).get("eigenvalues") or {}
+        for name, title in KERNEL_SETS:
+            if name in eig:
+                ev = np.clip(np.asarray(eig[name], dtype=float), 0, None)
+                ax.semilogy(np.arange(1, len(ev) + 1), ev / ev.sum(), marker=".", label=title)
+        ax.set_title(f"{task} {variant} ({model})", fontsize=10)
+        ax.set_xlabel("index")
+        ax.set_ylabel("eigenvalue / sum")
+        ax.legend(fontsize=8)
+    return _save(fig, Path(out_dir), "ntk_spectra"), []

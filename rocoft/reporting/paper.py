@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 PAPER_TABLES = (1, 2, 4, 5, 6, 7, 8, 11, 12, 13)
-NTK_TABLES = (4, 5, 13)                      # kernel experiments: paper numbers only
+NTK_TABLES = (4, 5, 13)                      # kernel experiments (scripts/ntk.py) and prompt-based fine-tuning
 UNSUPPORTED = "not run by the suite"
 
 
@@ -105,8 +105,11 @@ TTP_NOTE_GLUE = ("#TTPs: the paper's numbers as printed. The paper mixes convent
                  "the suite table.")
 GLUE_NOTE = ("Split: GLUE validation sets (MNLI: validation_matched), as in the paper. CoLA = Matthews "
              "correlation x100, STS-B = Pearson/Spearman x100, the rest accuracy/F1 in %.")
-NTK_NOTE = ("Not run by the suite: the NTK kernel-regression experiments (Malladi et al. 2023 prompt-based "
-            "few-shot setting) are not implemented, so these paper numbers have no suite counterpart.")
+NTK_NOTE = ("Suite: kernels from `python scripts/ntk.py model=<m> task=<task>_prompt k=<k> seed=<s>` (KLR = the "
+            "reference solver, LogisticRegressionCV on kernel rows; rows / columns at the paper's rank 1, LoRA at "
+            "its initialisation, rank shown in brackets); Full FT from `python train.py task=<task>_prompt "
+            "method=full_ft task.k=<k> seed=<s>` (prompt-based fine-tuning, test accuracy). Tasks match by name "
+            "without `_prompt`; seeds 13, 21, 42, 87, 100 in the paper.")
 
 
 def _kernel_difference_spec(number: int, shots: int) -> TableSpec:

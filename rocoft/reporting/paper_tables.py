@@ -15,7 +15,7 @@ import pandas as pd
 
 from .frame import STATS, Cell, aggregate, none, run_table, shown_rows
 from .labels import model_label
-from .paper import GLUE_MAIN, NTK_TABLES, SPECS, UNSUPPORTED, Part, TableSpec
+from .paper import GLUE_MAIN, SPECS, UNSUPPORTED, Part, TableSpec
 from .render import Table, fmt_cell, fmt_diff, fmt_num
 
 ROW_KEY = ["block", "paper_label", "method", "rank", "variant", "row_metric"]
@@ -63,7 +63,7 @@ def render_paper_table(number: int, paper: pd.DataFrame, frame: pd.DataFrame, sp
             if row.row_metric and row.row_metric.startswith("kernel_rel"):
                 label += f", p={row.row_metric[-1]}"
             if not row.supported:
-                label += f" ({UNSUPPORTED})" if number not in NTK_TABLES else ""
+                label += f" ({UNSUPPORTED})"
             elif none(row.rank) is None:
                 shown = sorted({r for (i, _), r in suite_ranks.items() if i == row.row and r is not None})
                 if shown:
@@ -71,10 +71,10 @@ def render_paper_table(number: int, paper: pd.DataFrame, frame: pd.DataFrame, sp
             texts = grid.loc[row.row].tolist()
             display.append(([block_text] if has_block else []) + [label] + texts + [""] * (n_cols - len(texts)))
     any_suite = any(r["suite_mean"] is not None for r in records)
-    notes = ([] if number in NTK_TABLES else [CELL_NOTE]) + list(spec.notes)
-    if split and number not in NTK_TABLES:
+    notes = [CELL_NOTE] + list(spec.notes)
+    if split:
         notes.insert(1, f"Suite split forced to '{split}' where runs have it.")
-    if not any_suite and number not in NTK_TABLES:
+    if not any_suite:
         notes.append("No suite runs match this table yet.")
     assert all(r is None or len(r) == len(header) for r in display), "row width mismatch"
     return Table(f"table{number}", spec.title, header, display, notes, pd.DataFrame.from_records(records),

@@ -54,6 +54,7 @@ RUN_FIELDS = {
 FORMAT1_PERCENT_KINDS = {"question_answering", "summarization", "instruction"}
 FORMAT1_PERCENT_NAMES = ("exact_match", "rouge", "loglik_acc", "HasAns_", "NoAns_")
 REQUIRED_KEYS = ("model", "task", "method", "seed")
+SEED_KEYS = ("seed", "task.kshot_seed")  # follow the run seed (prompt tasks' k-shot split): not a setting
 # inside a run: never runs (nor is any hidden folder: .hydra, or a run put aside by a fresh start, .previous_run
 # and .replaced_run, which keep the metrics.json of the run they replaced)
 SKIP_DIRS = {"adapter", "merged", "checkpoints", "__pycache__"}
@@ -178,7 +179,7 @@ def scan_results(root: str | os.PathLike) -> tuple[pd.DataFrame, list[Issue]]:
         if "metrics.json" in names or "status.json" in names or started:
             run = _read_run(Path(dirpath), names, issues)
             if run is not None:
-                runs.append(run)
+                runs += ntk_runs(run) if run["ntk"] else [run]
         elif hydra:
             _killed_at_startup(Path(dirpath), issues)
     _name_swept_settings(runs)
@@ -207,7 +208,7 @@ def run_settings(config: dict) -> dict:
     """The settings of a resolved config.yaml that change what a run computes: its flattened keys but the
     seed and :data:`rocoft.runs.NEUTRAL` (the keys the run-directory check also ignores)."""
     neutral = lambda k: any(k == n or k.startswith(n + ".") for n in NEUTRAL)  # noqa: E731
-    return {k: v for k, v in flat_dict(config).items() if k != "seed" and not neutral(k)}
+    return {k: v for k, v in flat_dict(config).items() if k not in SEED_KEYS and not neutral(k)}
 
 
 def _name_swept_settings(runs: list[dict]) -> None:
@@ -308,15 +309,54 @@ def _read_run(path: Path, names: set, issues: list) -> dict | None:
     except (TypeError, ValueError):
         rank = None
     kind = (config.get("task") or {}).get("kind")
-    return {"path": path, "run": str(path), "model": str(metrics["model"]), "task": str(metrics["task"]),
+    rows = split_rows(metrics, kind)
+    task = str(metrics["task"])
+    if kind == "prompt":  # the paper's Table 4 rows: task without "_prompt", variant k=<k>, few_shot_accuracy
+        task, variant = prompt_task_name(task), ", ".join(v for v in (f"k={(config.get('task') or {}).get('k')}",
+                                                                     variant) if v)
+        rows += [(s, "few_shot_accuracy", u, v, d) for s, m, u, v, d in rows if s == "test" and m == "accuracy"]
+    return {"path": path, "run": str(path), "model": str(metrics["model"]), "task": task,
             "method": method, "rank": rank, "variant": variant, "seed": metrics.get("seed"),
             "selection": selection, "status": state or "complete", "kind": kind,
             "format": int(metrics.get("metrics_format") or 1), "main_metric": metrics.get("main_metric"),
             "method_label": method_label(method, (config.get("method") or {}).get("label")),
             "model_label": model_label(str(metrics["model"]), (config.get("model") or {}).get("label")),
             "memory_kind": metrics.get("peak_memory_kind"), "mtime": (path / "metrics.json").stat().st_mtime,
-            "rows": split_rows(metrics, kind),
+            "rows": rows, "ntk": metrics if metrics.get("kind") == "ntk" else None,
             "settings": None if raw_config is None else run_settings(raw_config)}
+
+
+def prompt_task_name(task: str) -> str:
+    """The paper's name of a prompt-based task (``mr_prompt`` -> ``mr``)."""
+    return task[: -len("_prompt")] if task.endswith("_prompt") else task
+
+
+def ntk_runs(run: dict) -> list[dict]:
+    """An eNTK run (``scripts/ntk.py``: one metrics.json for several parameter sets) as one run per set, named
+    as the paper's rows: method ``ntk_full``, ``ntk_rocoft_row`` / ``ntk_rocoft_col`` (rank r), ``ntk_lora``
+    (its rank), ``ntk_bitfit``, ``ntk_group_<g>``; variant ``k=<k>``. Rows: ``few_shot_accuracy`` on test (the
+    first solver; the others as ``few_shot_accuracy_<solver>``), and run-level ``kernel_rel_diff_l1`` / ``_l2``
+    (to the full kernel, train kernels) and ``kernel_params`` (entries in the set)."""
+    m = run["ntk"]
+    out = []
+    for name, reported in (m.get("sets") or {}).items():
+        rows = []
+        for i, (solver, res) in enumerate((m.get("accuracy") or {}).get(name, {}).items()):
+            metric = "few_shot_accuracy" if i == 0 else f"few_shot_accuracy_{solver}"
+            v = math.nan if res.get("accuracy") is None else _finite(res["accuracy"])
+            rows.append(("test", metric, "fraction", v, 100.0 * v))
+        for p, v in ((m.get("relative_difference") or {}).get(name) or {}).items():
+            rows.append(("", f"kernel_rel_diff_{p}", "", _finite(v), _finite(v)))
+        count = ((m.get("params") or {}).get(name) or {}).get("total")
+        if count is not None:
+            rows.append(("", "kernel_params", "", float(count), float(count)))
+        for field in ("wall_time_s", "peak_memory_mb"):
+            if isinstance(m.get(field), (int, float)):
+                rows.append(("", field, "", _finite(m[field]), _finite(m[field])))
+        out.append({**run, "run": f"{run['run']}#{name}", "task": prompt_task_name(str(m["task"])),
+                    "method": reported["method"], "rank": reported.get("rank"), "variant": f"k={m.get('k')}",
+                    "method_label": method_label(reported["method"]), "rows": rows, "kind": "ntk"})
+    return out
 
 
 def _read_json(path: Path):
