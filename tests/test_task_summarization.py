@@ -59,6 +59,7 @@ def test_full_pipeline_tiny_seq2seq_on_xsum_files(tmp_path):
     test = _xsum_rows(rng, 5, 200)
     pd.DataFrame(test).to_json(tmp_path / "test.jsonl", orient="records", lines=True)
     cfg = compose_config(["model=tiny_seq2seq", "task=xsum", *small_run_overrides(tmp_path, steps=2, train=32, evals=8),
+                          "data.max_length=128",  # the task's 512 is above the tiny model's 128 positions
                           f"task.data_files.train={tmp_path / 'train.jsonl'}",
                           f"task.data_files.validation={tmp_path / 'validation.csv'}",
                           f"task.data_files.test={tmp_path / 'test.jsonl'}",
