@@ -16,13 +16,16 @@ EXPECTED_JOBS = {
     "table1": 8 * (15 + 9) * 3, "table6": 8 * (15 + 6) * 3, "table2": 4 * 13 * 5, "table7": 2 * 10,
     "table7_summarization": 2 * 10, "table8": 3 * 5, "table11": 2 * 8, "table12": 4 * 13, "fig2": 13,
     "fig4": 4 * 2 * 4, "mini_table": 2 * 8 * 3,
+    # Section 5: eNTK runs (scripts/ntk.py, config conf/ntk.yaml) and prompt-based fine-tuning (train.py)
+    "table4_ntk": 12 * 2 * 5, "table5_ntk": 13 * 5, "table13_ntk": 13 * 5, "table4_ft": 12 * 2 * 5,
 }
 
 
 def sweep_params(experiment):
     GlobalHydra.instance().clear()
+    name = "ntk" if experiment.endswith("_ntk") else "config"  # the entry point the experiment is for
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"+experiment={experiment}"], return_hydra_config=True)
+        cfg = compose(config_name=name, overrides=[f"+experiment={experiment}"], return_hydra_config=True)
     return cfg, dict(cfg.hydra.sweeper.params)
 
 
@@ -39,15 +42,16 @@ def test_experiment_composes_and_expands_to_the_grid(experiment):
 
 def test_every_experiment_point_composes():
     """Compose each grid point of the small experiments, as the launcher would."""
-    for experiment in ("table8", "fig4", "table7"):
+    for experiment in ("table8", "fig4", "table7", "table5_ntk", "table4_ft"):
         _, params = sweep_params(experiment)
         first = {k: str(v).split(",")[0] for k, v in params.items()}
         last = {k: str(v).split(",")[-1] for k, v in params.items()}
         for point in (first, last):
             GlobalHydra.instance().clear()
             with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-                compose(config_name="config", overrides=[f"+experiment={experiment}"] +
-                        [f"{k}={v}" for k, v in point.items()])
+                cfg = compose(config_name="ntk" if experiment.endswith("_ntk") else "config",
+                              overrides=[f"+experiment={experiment}"] + [f"{k}={v}" for k, v in point.items()])
+                assert cfg.task.name == point.get("task", cfg.task.name)
 
 
 def tiny_sweep(tmp_path, *grid, launcher=None):
