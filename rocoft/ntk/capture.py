@@ -217,21 +217,25 @@ class Capturer:
             if k.out._version != k.version:
                 raise ValueError(f"eNTK: the output of {k.name} was changed in place after the layer ran; its "
                                  "gradient cannot be taken per layer")
-        return self._factors(calls, [torch.stack(g) for g in grads], batch_size, classes)
+            k.out = None  # the graph is gone; only the inputs are still needed
+        return self._factors(calls, grads, batch_size, classes)
 
     def _cast(self, t: torch.Tensor) -> torch.Tensor:
         return t.to(self.dtype) if self.dtype is not None else t
 
-    def _factors(self, calls, grads, batch_size, classes) -> Chunk:
+    def _factors(self, calls, grads: list[list], batch_size, classes) -> Chunk:
+        """Factors of every call from its per-class output gradients ``grads[i]`` (C tensors each), which
+        are consumed (released call by call, so the raw gradients never exist twice)."""
         chunk = Chunk(batch_size, classes)
         # token masks: a layer input shared by several layers (q, k, v) is compacted once, over their union
         site_mask: dict[int, torch.Tensor] = {}
-        for k, g in zip(calls, grads):
+        for k, gs in zip(calls, grads):
             if k.name in self.roles:
-                m = g.reshape(classes, batch_size, -1, g.shape[-1]).ne(0).any(-1).any(0)
+                m = torch.stack([g.reshape(batch_size, -1, g.shape[-1]).ne(0).any(-1) for g in gs]).any(0)
                 site_mask[id(k.x)] = site_mask[id(k.x)] | m if id(k.x) in site_mask else m
         sites: dict[int, tuple] = {}
-        for k, g in zip(calls, grads):
+        for i, k in enumerate(calls):
+            g, grads[i] = torch.stack(grads[i]), None
             if k.name in self.generic:
                 per = _per_example_module_grads(k.module, self.generic[k.name], k.x.detach(), g)
                 for attr, v in per.items():
@@ -247,6 +251,7 @@ class Capturer:
             for pname, attr in self.roles[k.name]:
                 pair = self._pair(k, attr, g, index, valid, shared)
                 chunk.uses.setdefault(pname, []).append(pair)
+            del g
         return chunk
 
     def _pair(self, k: _Call, attr: str, g: torch.Tensor, index, valid, shared) -> tuple[Factor, Factor]:
