@@ -29,8 +29,8 @@ run: setup
 test: setup
 	$(BIN)/python -m pytest -q $(ARGS)
 
-# The suite's own offline mini reproduction (MiniLM on Rotten Tomatoes and IMDB, 8 method settings,
-# 3 seeds; ~45 min on 2 CPU cores), then its table in results/tables/mini/.
+# The suite's own offline mini reproduction (MiniLM on Rotten Tomatoes and IMDB, 12 method settings,
+# 3 seeds; ~70 min on 2 CPU cores), then its table in results/tables/mini/.
 mini-table: setup
 	$(BIN)/python train.py -m +experiment=mini_table
 	$(BIN)/python scripts/tables.py --results results/mini_table --out results/tables/mini --table suite figures
