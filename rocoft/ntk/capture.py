@@ -235,8 +235,8 @@ class Capturer:
                 site_mask[id(k.x)] = site_mask[id(k.x)] | m if id(k.x) in site_mask else m
         sites: dict[int, tuple] = {}
         for i, k in enumerate(calls):
-            g, grads[i] = torch.stack(grads[i]), None
             if k.name in self.generic:
+                g, grads[i] = torch.stack(grads[i]), None
                 per = _per_example_module_grads(k.module, self.generic[k.name], k.x.detach(), g)
                 for attr, v in per.items():
                     pname = self.canonical[id(k.module._parameters[attr])]
@@ -246,8 +246,10 @@ class Capturer:
             if id(k.x) not in sites:
                 index, valid = _compact_index(site_mask[id(k.x)])
                 sites[id(k.x)] = (index, valid, {})
-            index, valid, shared = sites[id(k.x)]
-            g = _gather(self._cast(g.reshape(classes, batch_size, -1, g.shape[-1])), index, valid)
+            index, valid, shared = sites[id(k.x)]  # kept tokens first (a head's output: one position)
+            g = torch.stack([_gather(self._cast(gc.reshape(batch_size, -1, gc.shape[-1])), index, valid)
+                             for gc in grads[i]])
+            grads[i] = None
             for pname, attr in self.roles[k.name]:
                 pair = self._pair(k, attr, g, index, valid, shared)
                 chunk.uses.setdefault(pname, []).append(pair)
