@@ -168,3 +168,28 @@ def test_tables_4_and_5_from_ntk_runs(data, tmp_path):
     assert [p.name for p in written] == ["ntk_kernels_tiny_encoder_mr_k5.png", "ntk_kernels_tiny_encoder_mr_k5.pdf"]
     written, notes = plot_spectra(frame, tmp_path / "fig")
     assert written and not notes
+
+
+def test_ntk_sweep_from_the_command_line_runs_every_point_and_skips_complete_ones(data, tmp_path):
+    """`scripts/ntk.py -m seed=13,21` as a user types it: one complete run per seed (its own k-shot split), and
+    the same sweep again skips both without touching them."""
+    args = [a for a in overrides(data, tmp_path, "tiny_decoder", "sets=[full,rows]") if not a.startswith("seed=")]
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "scripts/ntk.py", "-m", *args, "seed=13,21"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stamps, splits = {}, {}
+    for seed in (13, 21):
+        folder = tmp_path / "mr_prompt" / "tiny_decoder" / "k5" / f"seed{seed}"
+        metrics = json.loads((folder / "metrics.json").read_text())
+        assert json.loads((folder / "status.json").read_text())["status"] == "complete"
+        assert metrics["seed"] == seed and set(metrics["accuracy"]) == {"full", "rows"}
+        stamps[seed] = (folder / "metrics.json").stat().st_mtime_ns
+        splits[seed] = torch.load(folder / "kernels" / "full.pt", weights_only=True)["kernels"]["train"]
+    assert not torch.equal(splits[13], splits[21])  # another seed, another k-shot split
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("is complete: skipping") == 2, again.stdout[-2000:]
+    for seed in (13, 21):
+        assert (tmp_path / "mr_prompt" / "tiny_decoder" / "k5" / f"seed{seed}" / "metrics.json").stat().st_mtime_ns \
+            == stamps[seed]

@@ -14,6 +14,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from conftest import ROOT
 
@@ -87,6 +88,40 @@ def submitit_jobs(results):
 def job_output(results, jobs):
     return "".join((results / ".submitit" / j / f"{j}_0_log.out").read_text() for j in jobs
                    if (results / ".submitit" / j / f"{j}_0_log.out").exists())
+
+
+def test_ntk_sweep_runs_as_a_job_array(tmp_path, partition):
+    """`python scripts/ntk.py -m hydra/launcher=slurm ... seed=13,21` (the eNTK entry point, issue 14): one array
+    job, one task per seed, each a complete kernel run with its own k-shot split."""
+    data = tmp_path / "mr"
+    data.mkdir()
+    for name, n in (("train.csv", 12), ("test.csv", 6)):  # LM-BFF's MR layout: header-less label,text
+        (data / name).write_text("".join(f"{i % 2},{'a fine film' if i % 2 else 'a dull film'} take {i}\n"
+                                         for i in range(n)))
+    results = tmp_path / "ntk"
+    cmd = [sys.executable, "scripts/ntk.py", "-m", "hydra/launcher=slurm", "model=tiny_decoder", "task=mr_prompt",
+           "k=5", "sets=[full,cols]", "batch_size=4", f"task.data_files.train={data / 'train.csv'}",
+           f"task.data_files.test={data / 'test.csv'}", f"results_dir={results}",
+           f"hydra.launcher.partition={partition}", "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=10",
+           "seed=13,21"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    try:
+        out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    except subprocess.TimeoutExpired:
+        subprocess.run(["scancel", *{j.split("_")[0] for j in submitit_jobs(results)}], timeout=30)
+        raise
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    jobs = submitit_jobs(results)
+    assert len(jobs) == 2 and len({j.split("_")[0] for j in jobs}) == 1, jobs  # one array, a task per seed
+    kernels = {}
+    for seed in (13, 21):
+        run = results / "mr_prompt" / "tiny_decoder" / "k5" / f"seed{seed}"
+        assert json.loads((run / "status.json").read_text())["status"] == "complete", job_output(results, jobs)
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert metrics["seed"] == seed and metrics["n_train"] == 10 and metrics["n_test"] == 6
+        assert 0.0 <= metrics["accuracy"]["cols"]["reference"]["accuracy"] <= 1.0
+        kernels[seed] = torch.load(run / "kernels" / "full.pt", weights_only=True)["kernels"]["train"]
+    assert kernels[13].shape == (10, 2, 10, 2) and not torch.equal(kernels[13], kernels[21])  # two k-shot splits
 
 
 def test_sweep_runs_as_a_job_array_records_failures_and_skips_complete_points(tmp_path, partition):
