@@ -24,7 +24,7 @@ def main(cfg: DictConfig):
     return execute(cfg, multirun=HydraConfig.get().mode == RunMode.MULTIRUN)
 
 
-USER_ERROR_EXIT = 2  # as rocoft.runs.USER_ERROR_EXIT (not imported here: that would slow --help)
+USER_ERROR_EXIT = 2  # as rocoft.rundir.USER_ERROR_EXIT (not imported here: that would slow --help)
 
 
 def composition_error(exit: SystemExit) -> bool:

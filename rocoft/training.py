@@ -7,8 +7,8 @@
 
 :func:`train_and_evaluate` runs them and *returns* the results (metrics, prediction records, the
 trained model and its method); writing them into the run directory, and the directory's whole
-life cycle, belong to :mod:`rocoft.runs`. While it trains, this module writes only the run's
-progress: ``log.jsonl`` and ``checkpoints/`` (through :class:`rocoft.checkpoint.Checkpointer`).
+life cycle, belong to :mod:`rocoft.runs` (its safety: :mod:`rocoft.rundir`). While it trains, this module
+writes only the run's progress: ``log.jsonl`` and ``checkpoints/`` (through :class:`rocoft.checkpoint.Checkpointer`).
 
 Accelerate handles the device, mixed precision, gradient accumulation and multi-process
 (``accelerate launch train.py ...``) runs; the same code runs on CPU, one GPU or several.

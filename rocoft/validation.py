@@ -127,7 +127,7 @@ class CheckBeforeRun(Callback):
         self._check(config, Path(str(config.hydra.sweep.dir)), validate=False)
 
     def _check(self, config, directory: Path, validate: bool) -> None:
-        from .runs import USER_ERROR_EXIT, check_output_dir
+        from .rundir import USER_ERROR_EXIT, check_output_dir
 
         try:
             if validate:

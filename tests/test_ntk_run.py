@@ -3,8 +3,11 @@ the paper's Tables 4 / 5 rendered from such runs."""
 
 import csv
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -130,6 +133,44 @@ def test_bad_ntk_setting_is_one_message_and_exit_2(tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "sets=['full', 'bogus']" in proc.stderr and "k=3" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_bad_ntk_setting_in_a_sweep_is_recorded_and_returns_none(data, tmp_path):
+    """A sweep's point with a bad setting: None (the others go on), its status.json says why; nothing else."""
+    cfg = ntk_config(overrides(data, tmp_path, "tiny_encoder", "k=3"))  # the reference solver needs k >= 5
+    assert execute(cfg, multirun=True) is None
+    status = json.loads((run_dir(cfg) / "status.json").read_text())
+    assert status["status"] == "failed" and status["kind"] == "user_error" and "k=3" in status["error"]
+    assert sorted(p.name for p in run_dir(cfg).iterdir()) == ["status.json"]
+
+
+def test_sigterm_stops_an_ntk_run_at_once_and_a_rerun_completes(data, tmp_path):
+    """A real SIGTERM to scripts/ntk.py once its status.json says running: exit code 128 + 15, status preempted
+    (no traceback, no metrics.json); the same command again completes."""
+    args = overrides(data, tmp_path, "tiny_encoder", "sets=[full,rows]")
+    cmd = [sys.executable, "scripts/ntk.py", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    status_file = run_dir(ntk_config(args)) / "status.json"
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline, status = time.time() + 300, None
+    while time.time() < deadline and proc.poll() is None and status != "running":
+        time.sleep(0.02)
+        try:
+            status = json.loads(status_file.read_text())["status"]
+        except (OSError, ValueError, KeyError):
+            pass
+    assert status == "running", f"the run never said running (exit code {proc.poll()})"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    stopped = json.loads(status_file.read_text())
+    assert stopped["status"] == "preempted" and stopped["signal"] == "SIGTERM" and stopped["step"] is None
+    assert "Traceback" not in err and "stopped by SIGTERM" in err
+    assert not (status_file.parent / "metrics.json").exists()
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads(status_file.read_text())["status"] == "complete"
+    assert set(json.loads((status_file.parent / "metrics.json").read_text())["accuracy"]) == {"full", "rows"}
 
 
 def test_tables_4_and_5_from_ntk_runs(data, tmp_path):

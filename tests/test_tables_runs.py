@@ -216,7 +216,7 @@ def test_nan_seed_counts_out_of_n_and_is_marked(tmp_path):
 def test_swept_setting_folders_are_separate_cells_not_duplicates(tmp_path):
     """Runs of one method that differ in a setting (the lr${train.lr} layout the refusal message recommends)
     are separate cells named by that setting; only the same settings and seed twice is a duplicate. Settings
-    that do not change what a run computes (rocoft.runs.NEUTRAL: log_every, output_dir) do not split."""
+    that do not change what a run computes (rocoft.utils.NEUTRAL: log_every, output_dir) do not split."""
     accs = {1e-3: [0.81, 0.83], 1e-2: [0.71, 0.75]}
     for lr, values in accs.items():
         for seed, acc in enumerate(values):

@@ -10,8 +10,8 @@ is unchanged. It returns the run's metrics: accuracy per set and solver, the rel
 (p = 1, 2) of every set to the full kernel (train kernels), the train kernel's eigenvalues, parameter counts
 per set and group, time and peak memory.
 
-:func:`execute` owns the run directory through :mod:`rocoft.runs` (skip a complete run, refuse one of other
-settings, the lock, ``status.json``, ``metrics.json`` written last and atomically).
+:func:`execute` owns the run directory through :mod:`rocoft.rundir` (skip a complete run, refuse one of other
+settings, the lock, ``status.json``, stop signals; ``metrics.json`` written last and atomically).
 """
 
 from __future__ import annotations
@@ -259,44 +259,37 @@ def _metrics(cfg, sets, kernels, reused, y_train, y_test, head, kernel_s, wall_s
 def execute(cfg, multirun: bool = False) -> float | None:
     """Run ``cfg`` in ``cfg.output_dir`` unless complete (``force=true`` re-runs; kernels are reused while
     their inputs are unchanged); returns the first set's main-solver accuracy. A bad setting or input stops
-    with one message and exit code 2 (in a sweep: that point's ``status.json`` says why, the others go on)."""
-    from ..runs import (USER_ERROR_EXIT, RunClaim, RunDirRefused, check_run_dir, open_run_dir, write_status)
+    with one message and exit code 2 (in a sweep: that point's ``status.json`` says why, the others go on);
+    a stop signal (SIGTERM, SIGUSR1, SIGUSR2) or Ctrl-C stops it at once: status ``preempted`` (Ctrl-C:
+    ``interrupted``), exit code 128 + signal; the kernels already stored are reused by the next run
+    (:func:`rocoft.rundir.run_recorded`)."""
+    from ..checkpoint import StopSignals
+    from ..rundir import RunClaim, check_run_dir, open_run_dir, run_recorded, write_status
     from ..utils import atomic_write_json
 
     run_dir = Path(cfg.output_dir)
     claim = RunClaim(run_dir)
-    try:
+
+    def skip_or_run() -> dict:
         validate(cfg)
         done = check_run_dir(run_dir, cfg)
         if done is None:
             done = claim.acquire(cfg)
         if done is not None:
             print(f"{run_dir} is complete: skipping (force=true re-runs it; its kernels are reused).")
-            return _main_value(done)
+            return done
         open_run_dir(run_dir, cfg)
+        stop.stage = "the eNTK computation"
         metrics = compute(cfg, run_dir)
         atomic_write_json(run_dir / "metrics.json", metrics)
         write_status(run_dir, "complete")
         claim.outcome = "complete"
         print_summary(metrics, run_dir)
-        return _main_value(metrics)
-    except (RunDirRefused, UserError) as e:
-        print(f"\nerror: {e}", file=sys.stderr)
-        if claim.held:
-            write_status(run_dir, "failed", error=str(e), kind="user_error")
-        if multirun:
-            return None
-        sys.exit(USER_ERROR_EXIT)
-    except Exception as e:  # noqa: BLE001 - recorded, then re-raised for single runs
-        import traceback
-        if claim.held:
-            write_status(run_dir, "failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
-        if multirun:
-            print(f"\nerror in {run_dir}: {type(e).__name__}: {e} (see status.json)", file=sys.stderr)
-            return None
-        raise
-    finally:
-        claim.release()
+        return metrics
+
+    with StopSignals(interrupt=True, immediate=True) as stop:  # nothing to checkpoint: a signal stops it at once
+        metrics = run_recorded(cfg, claim, multirun, skip_or_run)
+    return None if metrics is None else _main_value(metrics)
 
 
 def _main_value(metrics: dict):

@@ -6,7 +6,7 @@ runs as a tidy :class:`pandas.DataFrame` (columns :data:`COLUMNS`) and the direc
 (unfinished, failed, corrupt, duplicate) or used with a warning, never raising on a bad run directory.
 
 Cells: runs of one (model, task, method, rank) whose config.yaml differ in a setting that changes what a run
-computes (every key but the seed and :data:`rocoft.runs.NEUTRAL`, as the run-directory check compares them)
+computes (every key but the seed and :data:`rocoft.utils.NEUTRAL`, as the run-directory check compares them)
 are told apart by ``variant``, e.g. ``train.lr=0.001`` for the ``.../lr${train.lr}/seed${seed}`` layout;
 only the same settings and seed twice is a duplicate.
 
@@ -28,8 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from rocoft.metrics import UNSCALED
-from rocoft.runs import NEUTRAL
-from rocoft.utils import flat_dict
+from rocoft.utils import NEUTRAL, flat_dict
 
 from .labels import method_label, method_pos, model_label, task_kind
 
@@ -206,7 +205,7 @@ def make_frame(rows: list[dict]) -> pd.DataFrame:
 
 def run_settings(config: dict) -> dict:
     """The settings of a resolved config.yaml that change what a run computes: its flattened keys but the
-    seed and :data:`rocoft.runs.NEUTRAL` (the keys the run-directory check also ignores)."""
+    seed and :data:`rocoft.utils.NEUTRAL` (the keys the run-directory check also ignores)."""
     neutral = lambda k: any(k == n or k.startswith(n + ".") for n in NEUTRAL)  # noqa: E731
     return {k: v for k, v in flat_dict(config).items() if k not in SEED_KEYS and not neutral(k)}
 
