@@ -146,8 +146,14 @@ def test_bad_ntk_setting_in_a_sweep_is_recorded_and_returns_none(data, tmp_path)
 
 def test_sigterm_stops_an_ntk_run_at_once_and_a_rerun_completes(data, tmp_path):
     """A real SIGTERM to scripts/ntk.py once its status.json says running: exit code 128 + 15, status preempted
-    (no traceback, no metrics.json); the same command again completes."""
-    args = overrides(data, tmp_path, "tiny_encoder", "sets=[full,rows]")
+    (no traceback, no metrics.json); the same command again completes. 400 test rows one at a time: the run
+    takes far longer than the signal needs to arrive, on any machine."""
+    big = tmp_path / "big"
+    big.mkdir()
+    (big / "train.csv").write_text((data / "train.csv").read_text())
+    (big / "test.csv").write_text("".join(f"{i % 2},{'a fine film' if i % 2 else 'a dull film'} take {i}\n"
+                                          for i in range(400)))
+    args = overrides(big, tmp_path, "tiny_encoder", "sets=[full,rows]", "batch_size=1")
     cmd = [sys.executable, "scripts/ntk.py", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     status_file = run_dir(ntk_config(args)) / "status.json"
