@@ -43,7 +43,7 @@ class Preempted(BaseException):
 
     def __init__(self, signum: int, step: int | None, previous=None, main: bool = True, stage: str = "training"):
         where = (f"at step {step}; checkpoint saved" if step is not None
-                 else f"during {stage}, before training started; nothing to save")
+                 else f"during {stage}, before any checkpoint; nothing to save")
         super().__init__(f"stopped by {signal.Signals(signum).name} {where}")
         self.signum, self.step, self.previous, self.main, self.stage = signum, step, previous, main, stage
 

@@ -64,7 +64,7 @@ def test_sigterm_during_data_preparation(tmp_path, big_csv):
     assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
     status = status_of(tmp_path)
     assert status["status"] == "preempted" and status["stage"] == "data preparation" and status["step"] is None
-    assert "Traceback" not in err and "before training started" in err
+    assert "Traceback" not in err and "during data preparation, before any checkpoint" in err
     assert not tmp_path.joinpath(*RUN, "checkpoints").exists() and "[model loading]" not in out
 
 
