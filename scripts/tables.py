@@ -6,6 +6,7 @@ Run from the repository root with the virtualenv active (``. .venv/bin/activate`
     python scripts/tables.py --table 1 8 suite                 # Tables 1 and 8 and the suite table
     python scripts/tables.py --table figures --out /tmp/figs   # Figures 2, 3/6 (kernels), 4, 5 (spectra), ranks
     python scripts/tables.py --results results/ntk --table 4 5 fig3 fig5   # the kernel analysis (scripts/ntk.py)
+    python scripts/tables.py --table 4 5 --as-model smollm2_135m=roberta_base  # another model in the paper's cells
     python scripts/tables.py --format md csv --split validation
     python scripts/tables.py --table 1 --rank lora=8 adalora=8   # which suite rank a rank-less paper row uses
 
@@ -56,6 +57,9 @@ def main(argv=None) -> int:
     ap.add_argument("--rank", nargs="+", default=[], metavar="METHOD=R",
                     help="suite rank to compare with paper rows that print no rank, e.g. lora=8 adalora=8 "
                          "(default: the rank with the most runs)")
+    ap.add_argument("--as-model", nargs="+", default=[], metavar="SUITE=PAPER",
+                    help="in the paper tables, show the suite's runs of model SUITE in the cells of the paper's "
+                         "model PAPER, e.g. smollm2_135m=roberta_base (the notes say so)")
     ap.add_argument("--no-plots", action="store_true", help="skip the figures")
     ap.add_argument("--quiet", action="store_true", help="do not print the Markdown")
     args = ap.parse_args(argv)
@@ -72,6 +76,9 @@ def main(argv=None) -> int:
         if not r.lstrip("-").isdigit():
             ap.error(f"--rank wants METHOD=R, got {item!r}")
         ranks[method] = int(r)
+    as_model = dict(item.partition("=")[::2] for item in args.as_model)
+    if any(not k or not v for k, v in as_model.items()):
+        ap.error(f"--as-model wants SUITE=PAPER model names, got {args.as_model}")
     formats = tuple(dict.fromkeys(FORMATS[f.lower()] for f in args.format))
     out = Path(args.out) if args.out else Path(args.results) / "tables"
 
@@ -80,7 +87,7 @@ def main(argv=None) -> int:
         from rocoft.reporting import load_paper_numbers
         paper = load_paper_numbers(args.paper)
     report = build_report(args.results, out, tables=args.table, formats=formats, split=args.split,
-                          paper=paper, plots=not args.no_plots, ranks=ranks)
+                          paper=paper, plots=not args.no_plots, ranks=ranks, as_model=as_model)
     if not args.quiet:
         print(report["markdown"])
     figures = [p for p in report["written"] if p.suffix == ".png"]

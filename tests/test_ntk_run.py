@@ -211,6 +211,19 @@ def test_tables_4_and_5_from_ntk_runs(data, tmp_path):
         assert cell.suite_std == pytest.approx(values.std(ddof=1))
         assert cell["rank"] == rank or (rank is None and pd.isna(cell["rank"]))
     assert t4[(t4.task == "sst2")].suite_n.isna().all()       # not run: no suite number
+    # --as-model: the same runs in the cells of another model of the paper's table (here a relabelled copy)
+    raw.assign(model="roberta_base", variant="k=5").to_csv(csv_path, index=False)
+    other = rp.load_paper_numbers(csv_path)
+    values = np.array([m["relative_difference"]["rows"]["l2"] for m in sorted(runs, key=lambda m: m["seed"])])
+    for as_model, want in (({}, None), ({"tiny_encoder": "roberta_base"}, values.mean())):
+        report = rp.build_report(tmp_path, tmp_path / "as", tables=["5"], formats=("csv",), plots=False,
+                                 paper=other, as_model=as_model)
+        long = pd.read_csv(tmp_path / "as" / "table5.csv")
+        cell = long[(long.task == "mr") & (long.method == "ntk_rocoft_row")
+                    & (long.metric == "kernel_rel_diff_l2")].iloc[0]
+        assert cell.model == "roberta_base"
+        assert (np.isnan(cell.suite_mean) if want is None else cell.suite_mean == pytest.approx(want))
+        assert ("Suite cells of RoBERTa-base: the suite's runs of" in report["markdown"]) == bool(as_model)
     written, notes = plot_kernels(frame, tmp_path / "fig")
     assert [p.name for p in written] == ["ntk_kernels_tiny_encoder_mr_k5.png", "ntk_kernels_tiny_encoder_mr_k5.pdf"]
     written, notes = plot_spectra(frame, tmp_path / "fig")

@@ -10,6 +10,7 @@ import pandas as pd
 
 from .figures import plot_kernels, plot_memory_time, plot_rank_ablation, plot_selection, plot_spectra
 from .frame import groups, run_table
+from .labels import model_label
 from .paper import PAPER_TABLES, load_paper_numbers
 from .paper_tables import render_paper_table
 from .runs import Issue, scan_results
@@ -33,10 +34,15 @@ def issues_markdown(issues: list[Issue], root: Path | None = None, limit: int = 
 
 def build_report(results: str | os.PathLike, out: str | os.PathLike, tables=("all",),
                  formats=("md", "latex", "csv"), split: str | None = None, paper: pd.DataFrame | None = None,
-                 plots: bool = True, ranks: dict[str, int] | None = None) -> dict:
+                 plots: bool = True, ranks: dict[str, int] | None = None,
+                 as_model: dict[str, str] | None = None) -> dict:
     """Scan ``results``, write every requested table and figure under ``out`` (``tables``: "all", "suite",
     paper table numbers, "figures" / "plots" or one of "fig2", "fig4", "ranks"); returns {"markdown": str,
-    "written": [paths], "issues": [Issue], "notes": [str], "frame": the tidy frame, "runs": one row per run}."""
+    "written": [paths], "issues": [Issue], "notes": [str], "frame": the tidy frame, "runs": one row per run}.
+
+    ``as_model`` (suite model -> paper model, e.g. ``{"smollm2_135m": "roberta_base"}``): in the paper tables, the
+    suite's runs of a model stand in the cells of a model the paper ran (the table's notes say so), to compare a
+    model the paper did not use with its published numbers; the suite table and the figures keep the real names."""
     results, out = Path(results), Path(out)
     frame, issues = scan_results(results)
     paper = load_paper_numbers() if paper is None else paper
@@ -57,7 +63,9 @@ def build_report(results: str | os.PathLike, out: str | os.PathLike, tables=("al
             notes.append("Suite table: skipped, no finished runs.")
     for n in PAPER_TABLES:
         if everything or str(n) in want:
-            table = render_paper_table(n, paper, frame, split, ranks)
+            table = render_paper_table(n, paper, _stand_in(frame, as_model), split, ranks)
+            table.notes += [f"Suite cells of {model_label(p)}: the suite's runs of {model_label(s)} (--as-model)."
+                            for s, p in (as_model or {}).items() if (frame.model == s).any()]
             written += table.write(out, formats)
             md_parts.append(table.to_markdown())
     if plots:
@@ -77,3 +85,12 @@ def build_report(results: str | os.PathLike, out: str | os.PathLike, tables=("al
     written += [out / "report.md", out / "issues.csv"]
     return {"markdown": markdown, "written": written, "issues": issues, "notes": notes, "frame": frame,
             "runs": runs}
+
+
+def _stand_in(frame: pd.DataFrame, as_model: dict[str, str] | None) -> pd.DataFrame:
+    """The frame with the runs of each suite model of ``as_model`` relabelled as its paper model (whose own runs,
+    if any, are left out so that a cell never mixes two models)."""
+    if not as_model:
+        return frame
+    replaced = frame[~frame.model.isin(set(as_model.values()) - set(as_model))]
+    return replaced.assign(model=replaced.model.replace(as_model))
