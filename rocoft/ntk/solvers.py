@@ -6,7 +6,7 @@ uses the kernel of the scalar ``f_1 - f_0`` (the reference code's ``--binary_cla
 
 * :func:`reference_logistic` -- LM-Kernel-FT's solver: sklearn ``LogisticRegressionCV(max_iter=10000,
   random_state=0)`` with kernel rows as features (fit on K_train's rows, predict on K_eval^T). Binary:
-  score ``log p1 - log p0`` of each eval example. Multi-class: fit the one-hot (example, class) rows,
+  score ``log p1 - log p0`` of each eval example (the decision function: finite where p underflows). Multi-class: fit the one-hot (example, class) rows,
   score each eval (example, class) the same way and take the argmax over classes.
 * :func:`kernel_logistic` -- the paper's kernel logistic regression: min over alpha of the logistic
   (multi-class: softmax cross-entropy) loss of f = K alpha plus (lambda / 2) alpha^T K alpha, convex,
@@ -80,14 +80,12 @@ def reference_logistic(k_train, y_train, k_eval, y_eval=None, *, binary: bool | 
     model = reference_classifier()
     if _binary(binary, classes):
         model.fit(binary_kernel(k_train).numpy(), y)
-        logp = model.predict_log_proba(binary_kernel(k_eval).T.numpy())
-        score = logp[:, 1] - logp[:, 0]
+        score = model.decision_function(binary_kernel(k_eval).T.numpy())  # = log p1 - log p0, finite
         return _result("reference_logistic_cv", (score > 0).astype(np.int64), score, y_eval,
                        {"binary": True, "C": float(model.C_[0])})
     targets = np.eye(classes, dtype=np.int64)[y].reshape(-1)
     model.fit(k_train.reshape(n * classes, n * classes).numpy(), targets)
-    logp = model.predict_log_proba(k_eval.reshape(n * classes, m * classes).T.numpy())
-    score = (logp[:, 1] - logp[:, 0]).reshape(m, classes)
+    score = model.decision_function(k_eval.reshape(n * classes, m * classes).T.numpy()).reshape(m, classes)
     return _result("reference_logistic_cv", score.argmax(1), score, y_eval, {"binary": False, "C": float(model.C_[0])})
 
 
