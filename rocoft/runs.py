@@ -75,7 +75,8 @@ def run(cfg, claim: RunClaim | None = None, stop: StopSignals | None = None) -> 
         if done is not None:
             print(f"{run_dir} was completed meanwhile: skipping (force=true re-runs it).")
             return done
-    from .training import build_accelerator, train_and_evaluate  # heavy imports only when a run really starts
+    from .engine import build_accelerator  # heavy imports only when a run really starts
+    from .training import train_and_evaluate
 
     try:
         accelerator = build_accelerator(cfg)

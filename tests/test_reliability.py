@@ -467,7 +467,7 @@ def test_weight_decay_rule():
     import torch
 
     from rocoft import RoCoFTConfig, RoCoFTSlice, apply_rocoft
-    from rocoft.training import build_optimizer, no_decay
+    from rocoft.engine import build_optimizer, no_decay
 
     vec, mat = torch.zeros(4), torch.zeros(2, 2)
     assert no_decay("encoder.layer.0.output.dense.bias", vec) and no_decay("encoder.LayerNorm.weight", vec)

@@ -131,7 +131,7 @@ class Propetl(AddedModulesMethod):
 
     def optimizer(self, model, train_cfg):
         """The suite's AdamW groups, with the mask scores in their own group at ``mask_lr`` (no weight decay)."""
-        from ..training import no_decay
+        from ..engine import no_decay
 
         scores = {id(m.scores) for m in model.modules() if isinstance(m, BinaryMask)}
         params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]

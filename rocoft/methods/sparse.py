@@ -128,7 +128,7 @@ class SFT(_SparseMethod):
         return model
 
     def optimizer(self, model, train_cfg):
-        from ..training import build_optimizer  # here: rocoft.training imports this package
+        from ..engine import build_optimizer
 
         self._optimizer = build_optimizer(model, train_cfg)
         return self._optimizer
@@ -284,7 +284,7 @@ class DiffPruning(_SparseMethod):
         return output
 
     def optimizer(self, model, train_cfg):
-        from ..training import build_optimizer  # here: rocoft.training imports this package
+        from ..engine import build_optimizer
 
         alphas = [m.log_alpha for _, m in self.wrappers(model)]
         for a in alphas:
